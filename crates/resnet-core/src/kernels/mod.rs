@@ -1,0 +1,1 @@
+//! CPU kernels on NHWC f32 data.

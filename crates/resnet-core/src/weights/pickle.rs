@@ -1,0 +1,1 @@
+//! Restricted unpickler (to be written).

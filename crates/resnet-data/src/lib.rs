@@ -1,0 +1,1 @@
+//! Image decoding and torchvision-equal preprocessing (to be written).
