@@ -1,1 +1,17 @@
-//! CPU kernels on NHWC f32 data.
+//! CPU kernels on NHWC f32 data. Each kernel has a plain safe reference beside it in its
+//! tests; the fast paths go through the `gemm` crate.
+
+pub mod conv;
+pub mod elementwise;
+pub mod matmul;
+pub mod pool;
+
+pub use conv::{conv2d_nhwc, Conv2dGeometry, Epilogue};
+pub use matmul::{matmul, MatMul};
+pub use pool::{global_avg_pool_nhwc, max_pool2d_nhwc};
+
+/// The number of threads of the rayon pool we run in (the global pool unless the caller
+/// installed another with `--threads`).
+pub fn current_threads() -> usize {
+    rayon::current_num_threads()
+}

@@ -1,6 +1,14 @@
-//! The ResNet family.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum BlockKind { Basic, Bottleneck }
-#[derive(Clone, Debug)]
-pub struct ResNetConfig { pub block: BlockKind }
-pub struct ResNet { pub config: ResNetConfig }
+//! The ResNet family as small readable descriptions (config + blocks); the kernels that run
+//! them live in `crate::kernels`.
+
+mod config;
+pub mod layers;
+pub mod params;
+mod resnet;
+pub mod seeded;
+pub mod summary;
+
+pub use config::{BlockKind, ModelError, ResNetConfig, ARCHITECTURES};
+pub use layers::{BatchNorm2d, Conv2d, Linear};
+pub use params::{Param, ParamKind};
+pub use resnet::{Block, FeatureLayer, Features, ResNet};
