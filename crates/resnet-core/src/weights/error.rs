@@ -23,6 +23,15 @@ pub enum WeightsError {
     },
     #[error("key `{key}`: expected a floating-point tensor, found integers")]
     NotFloat { key: String },
+    /// The pickle references a global outside the allowlist (`global` is `module name`).
+    #[error("{path}: refusing to load: the pickle calls `{global}`, which a state_dict never needs; this file may be malicious")]
+    UnsafePickle { path: PathBuf, global: String },
+    /// The pickle is a whole pickled `nn.Module` (or TorchScript object), not a state_dict.
+    #[error("{path}: refusing to load: the pickle calls `{global}`, so it holds a whole pickled model rather than a state_dict; re-save it with `torch.save(model.state_dict(), path)`")]
+    PickledModule { path: PathBuf, global: String },
+    /// A pre-1.6 (non-zip) `torch.save` file.
+    #[error("{path}: a legacy (pre-1.6, non-zip) PyTorch checkpoint, which is not supported; re-save it with a current PyTorch: `torch.save(torch.load(old_path), new_path)`")]
+    LegacyPth { path: PathBuf },
 }
 
 impl WeightsError {

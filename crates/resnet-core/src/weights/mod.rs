@@ -2,6 +2,7 @@
 //! one [`StateDict`] keyed by torchvision's state_dict names, in PyTorch's own layouts
 //! (conv weights OIHW). The model converts layouts when it takes the weights.
 
+mod dtype;
 mod error;
 pub mod pickle;
 pub mod pth;
