@@ -4,6 +4,7 @@ mod commands;
 mod inputs;
 mod labels;
 mod model_source;
+mod output;
 mod pretrained;
 
 use std::process::ExitCode;
@@ -32,6 +33,7 @@ enum Command {
     Summary(commands::summary::Args),
     Convert(commands::convert::Args),
     Bench(commands::bench::Args),
+    Weights(commands::weights::Args),
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
@@ -49,6 +51,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Summary(a) => commands::summary::run(a),
         Command::Convert(a) => commands::convert::run(a),
         Command::Bench(a) => commands::bench::run(a, threads),
+        Command::Weights(a) => commands::weights::run(a),
     }
 }
 

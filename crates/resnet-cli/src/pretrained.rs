@@ -67,9 +67,7 @@ impl FromStr for WeightsVariant {
         match s.to_ascii_lowercase().replace('_', "-").as_str() {
             "imagenet" | "imagenet-v1" | "imagenet1k-v1" => Ok(Self::ImagenetV1),
             "imagenet-v2" | "imagenet1k-v2" => Ok(Self::ImagenetV2),
-            _ => bail!(
-                "unknown weights variant '{s}'; expected imagenet, imagenet-v1 or imagenet-v2"
-            ),
+            _ => bail!("unknown weights variant '{s}'; expected imagenet, imagenet-v1 or imagenet-v2"),
         }
     }
 }
@@ -103,13 +101,7 @@ macro_rules! spec {
         PretrainedSpec {
             arch: $arch,
             variant: WeightsVariant::$variant,
-            url: concat!(
-                "https://download.pytorch.org/models/",
-                $arch,
-                "-",
-                $hash,
-                ".pth"
-            ),
+            url: concat!("https://download.pytorch.org/models/", $arch, "-", $hash, ".pth"),
             file_name: concat!($arch, "-", $hash, ".pth"),
             sha256_prefix: $hash,
             resize: $resize,
@@ -147,36 +139,22 @@ pub fn all_specs() -> &'static [PretrainedSpec] {
 
 /// The variants published for `arch` (empty if the arch is unknown).
 pub fn variants_for(arch: &str) -> Vec<WeightsVariant> {
-    SPECS
-        .iter()
-        .filter(|s| s.arch == arch)
-        .map(|s| s.variant)
-        .collect()
+    SPECS.iter().filter(|s| s.arch == arch).map(|s| s.variant).collect()
 }
 
 /// The checkpoint for `arch` (torchvision name, e.g. `resnet50`) and `variant`.
 pub fn lookup(arch: &str, variant: WeightsVariant) -> Result<&'static PretrainedSpec> {
-    if let Some(spec) = SPECS
-        .iter()
-        .find(|s| s.arch == arch && s.variant == variant)
-    {
+    if let Some(spec) = SPECS.iter().find(|s| s.arch == arch && s.variant == variant) {
         return Ok(spec);
     }
     let available = variants_for(arch);
     if available.is_empty() {
         let mut archs: Vec<&str> = SPECS.iter().map(|s| s.arch).collect();
         archs.dedup();
-        bail!(
-            "no pretrained weights for unknown architecture '{arch}'; known: {}",
-            archs.join(", ")
-        );
+        bail!("no pretrained weights for unknown architecture '{arch}'; known: {}", archs.join(", "));
     }
     let names: Vec<&str> = available.iter().map(|v| v.as_str()).collect();
-    bail!(
-        "torchvision publishes no {} weights for {arch}; available: {}",
-        variant.torchvision_name(),
-        names.join(", ")
-    )
+    bail!("torchvision publishes no {} weights for {arch}; available: {}", variant.torchvision_name(), names.join(", "))
 }
 
 type EnvLookup<'a> = &'a dyn Fn(&str) -> Option<OsString>;
@@ -199,10 +177,7 @@ fn cache_dir_from(env: EnvLookup) -> Result<PathBuf> {
         return Ok(PathBuf::from(xdg).join("resnet").join("checkpoints"));
     }
     match env("HOME") {
-        Some(home) => Ok(PathBuf::from(home)
-            .join(".cache")
-            .join("resnet")
-            .join("checkpoints")),
+        Some(home) => Ok(PathBuf::from(home).join(".cache").join("resnet").join("checkpoints")),
         None => bail!("cannot choose a weights cache directory: set {CACHE_DIR_ENV} or HOME"),
     }
 }
@@ -290,15 +265,11 @@ fn fetch_with(
             target.display(),
             spec.sha256_prefix
         );
-        fs::remove_file(&target)
-            .with_context(|| format!("cannot remove corrupt cached file {}", target.display()))?;
+        fs::remove_file(&target).with_context(|| format!("cannot remove corrupt cached file {}", target.display()))?;
     }
 
     fs::create_dir_all(cache_dir).with_context(|| {
-        format!(
-            "cannot create weights cache directory {} (set {CACHE_DIR_ENV} to choose another)",
-            cache_dir.display()
-        )
+        format!("cannot create weights cache directory {} (set {CACHE_DIR_ENV} to choose another)", cache_dir.display())
     })?;
     download_verified(spec, url, cache_dir, &target, show_progress)?;
     Ok(target)
@@ -393,9 +364,7 @@ fn download_verified(
                 ureq::ErrorKind::Dns
                 | ureq::ErrorKind::ConnectionFailed
                 | ureq::ErrorKind::Io
-                | ureq::ErrorKind::ProxyConnect => {
-                    "; this machine may be offline or unable to reach the server"
-                }
+                | ureq::ErrorKind::ProxyConnect => "; this machine may be offline or unable to reach the server",
                 _ => "",
             };
             bail!(
@@ -408,31 +377,16 @@ fn download_verified(
     };
 
     let total: Option<u64> = if response.header("Content-Encoding").is_none() {
-        response
-            .header("Content-Length")
-            .and_then(|v| v.trim().parse().ok())
+        response.header("Content-Length").and_then(|v| v.trim().parse().ok())
     } else {
         None
     };
 
-    let nonce = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_nanos())
-        .unwrap_or(0);
-    let tmp_path = cache_dir.join(format!(
-        ".{}.{}.{nonce}.partial",
-        spec.file_name,
-        std::process::id()
-    ));
-    let mut guard = TempGuard {
-        path: tmp_path.clone(),
-        armed: true,
-    };
+    let nonce = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
+    let tmp_path = cache_dir.join(format!(".{}.{}.{nonce}.partial", spec.file_name, std::process::id()));
+    let mut guard = TempGuard { path: tmp_path.clone(), armed: true };
     let file = File::create(&tmp_path).with_context(|| {
-        format!(
-            "cannot create {} (set {CACHE_DIR_ENV} to choose another cache)",
-            tmp_path.display()
-        )
+        format!("cannot create {} (set {CACHE_DIR_ENV} to choose another cache)", tmp_path.display())
     })?;
     let mut writer = BufWriter::with_capacity(1 << 20, file);
 
@@ -458,9 +412,7 @@ fn download_verified(
             }
         };
         hasher.update(&buf[..n]);
-        writer
-            .write_all(&buf[..n])
-            .with_context(|| format!("cannot write {} (disk full?)", tmp_path.display()))?;
+        writer.write_all(&buf[..n]).with_context(|| format!("cannot write {} (disk full?)", tmp_path.display()))?;
         received += n as u64;
         bar.set_position(received);
     }
@@ -469,11 +421,8 @@ fn download_verified(
     if let Some(expected) = total.filter(|&t| t != received) {
         bail!("download of {url} was truncated: got {received} of {expected} bytes");
     }
-    let file = writer
-        .into_inner()
-        .map_err(|e| anyhow!("cannot write {}: {}", tmp_path.display(), e.error()))?;
-    file.sync_all()
-        .with_context(|| format!("cannot fsync {}", tmp_path.display()))?;
+    let file = writer.into_inner().map_err(|e| anyhow!("cannot write {}: {}", tmp_path.display(), e.error()))?;
+    file.sync_all().with_context(|| format!("cannot fsync {}", tmp_path.display()))?;
     drop(file);
 
     let actual = to_hex(&hasher.finalize());
@@ -525,10 +474,7 @@ mod tests {
     use std::sync::Arc;
 
     fn fake_env(vars: &[(&str, &str)]) -> impl Fn(&str) -> Option<OsString> {
-        let map: HashMap<String, OsString> = vars
-            .iter()
-            .map(|(k, v)| (k.to_string(), OsString::from(v)))
-            .collect();
+        let map: HashMap<String, OsString> = vars.iter().map(|(k, v)| (k.to_string(), OsString::from(v))).collect();
         move |name| map.get(name).cloned()
     }
 
@@ -543,28 +489,19 @@ mod tests {
 
     fn dir_entries(dir: &Path) -> Vec<String> {
         let mut names: Vec<String> = fs::read_dir(dir)
-            .map(|rd| {
-                rd.map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-                    .collect()
-            })
+            .map(|rd| rd.map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect())
             .unwrap_or_default();
         names.sort();
         names
     }
 
     fn payload() -> Vec<u8> {
-        (0..300_000u32)
-            .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
-            .collect()
+        (0..300_000u32).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8).collect()
     }
 
     /// A spec named `testnet` whose hash prefix matches `body`.
     fn spec_for(body: &[u8]) -> PretrainedSpec {
-        let prefix: &'static str = Box::leak(
-            to_hex(&Sha256::digest(body))[..8]
-                .to_owned()
-                .into_boxed_str(),
-        );
+        let prefix: &'static str = Box::leak(to_hex(&Sha256::digest(body))[..8].to_owned().into_boxed_str());
         let file_name: &'static str = Box::leak(format!("testnet-{prefix}.pth").into_boxed_str());
         PretrainedSpec {
             arch: "testnet",
@@ -627,23 +564,12 @@ mod tests {
     #[test]
     fn variant_parsing() {
         for s in ["imagenet", "imagenet-v1", "IMAGENET1K_V1", "ImageNet_V1"] {
-            assert_eq!(
-                s.parse::<WeightsVariant>().unwrap(),
-                WeightsVariant::ImagenetV1,
-                "{s}"
-            );
+            assert_eq!(s.parse::<WeightsVariant>().unwrap(), WeightsVariant::ImagenetV1, "{s}");
         }
         for s in ["imagenet-v2", "IMAGENET1K_V2"] {
-            assert_eq!(
-                s.parse::<WeightsVariant>().unwrap(),
-                WeightsVariant::ImagenetV2,
-                "{s}"
-            );
+            assert_eq!(s.parse::<WeightsVariant>().unwrap(), WeightsVariant::ImagenetV2, "{s}");
         }
-        let err = "imagenet-v3"
-            .parse::<WeightsVariant>()
-            .unwrap_err()
-            .to_string();
+        let err = "imagenet-v3".parse::<WeightsVariant>().unwrap_err().to_string();
         assert!(err.contains("imagenet-v2"), "{err}");
     }
 
@@ -654,10 +580,7 @@ mod tests {
             assert_eq!(s.file_name, format!("{}-{}.pth", s.arch, s.sha256_prefix));
             assert_eq!(s.url, format!("{DEFAULT_BASE_URL}/{}", s.file_name));
             assert_eq!(s.sha256_prefix.len(), 8);
-            assert!(s
-                .sha256_prefix
-                .bytes()
-                .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()));
+            assert!(s.sha256_prefix.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()));
             let expected_resize = match (s.arch, s.variant) {
                 ("resnext101_64x4d", _) | (_, WeightsVariant::ImagenetV2) => 232,
                 _ => 256,
@@ -666,15 +589,9 @@ mod tests {
             assert_eq!(s.crop, 224);
         }
         let r50 = lookup("resnet50", WeightsVariant::ImagenetV1).unwrap();
-        assert_eq!(
-            r50.url,
-            "https://download.pytorch.org/models/resnet50-0676ba61.pth"
-        );
+        assert_eq!(r50.url, "https://download.pytorch.org/models/resnet50-0676ba61.pth");
         let r50v2 = lookup("resnet50", WeightsVariant::ImagenetV2).unwrap();
-        assert_eq!(
-            r50v2.url,
-            "https://download.pytorch.org/models/resnet50-11ad3fa6.pth"
-        );
+        assert_eq!(r50v2.url, "https://download.pytorch.org/models/resnet50-11ad3fa6.pth");
         assert_eq!(r50v2.resize, 232);
         assert_eq!(variants_for("resnet18"), [WeightsVariant::ImagenetV1]);
         assert_eq!(variants_for("wide_resnet101_2").len(), 2);
@@ -682,69 +599,33 @@ mod tests {
 
     #[test]
     fn lookup_errors_list_what_exists() {
-        let err = lookup("resnet18", WeightsVariant::ImagenetV2)
-            .unwrap_err()
-            .to_string();
-        assert!(
-            err.contains("IMAGENET1K_V2") && err.contains("available: imagenet-v1"),
-            "{err}"
-        );
-        let err = lookup("resnet9000", WeightsVariant::ImagenetV1)
-            .unwrap_err()
-            .to_string();
-        assert!(
-            err.contains("resnet9000") && err.contains("resnext101_64x4d"),
-            "{err}"
-        );
+        let err = lookup("resnet18", WeightsVariant::ImagenetV2).unwrap_err().to_string();
+        assert!(err.contains("IMAGENET1K_V2") && err.contains("available: imagenet-v1"), "{err}");
+        let err = lookup("resnet9000", WeightsVariant::ImagenetV1).unwrap_err().to_string();
+        assert!(err.contains("resnet9000") && err.contains("resnext101_64x4d"), "{err}");
     }
 
     #[test]
     fn cache_dirs_follow_env() {
-        let all = fake_env(&[
-            ("RESNET_CACHE_DIR", "/r"),
-            ("XDG_CACHE_HOME", "/x"),
-            ("HOME", "/h"),
-        ]);
+        let all = fake_env(&[("RESNET_CACHE_DIR", "/r"), ("XDG_CACHE_HOME", "/x"), ("HOME", "/h")]);
         assert_eq!(cache_dir_from(&all).unwrap(), PathBuf::from("/r"));
         let xdg = fake_env(&[("XDG_CACHE_HOME", "/x"), ("HOME", "/h")]);
-        assert_eq!(
-            cache_dir_from(&xdg).unwrap(),
-            PathBuf::from("/x/resnet/checkpoints")
-        );
+        assert_eq!(cache_dir_from(&xdg).unwrap(), PathBuf::from("/x/resnet/checkpoints"));
         let home = fake_env(&[("HOME", "/h")]);
-        assert_eq!(
-            cache_dir_from(&home).unwrap(),
-            PathBuf::from("/h/.cache/resnet/checkpoints")
-        );
+        assert_eq!(cache_dir_from(&home).unwrap(), PathBuf::from("/h/.cache/resnet/checkpoints"));
         assert!(cache_dir_from(&fake_env(&[])).is_err());
 
-        let torch = fake_env(&[
-            ("TORCH_HOME", "~/t"),
-            ("XDG_CACHE_HOME", "/x"),
-            ("HOME", "/h"),
-        ]);
-        assert_eq!(
-            torch_dir_from(&torch).unwrap(),
-            PathBuf::from("/h/t/hub/checkpoints")
-        );
-        assert_eq!(
-            torch_dir_from(&xdg).unwrap(),
-            PathBuf::from("/x/torch/hub/checkpoints")
-        );
-        assert_eq!(
-            torch_dir_from(&home).unwrap(),
-            PathBuf::from("/h/.cache/torch/hub/checkpoints")
-        );
+        let torch = fake_env(&[("TORCH_HOME", "~/t"), ("XDG_CACHE_HOME", "/x"), ("HOME", "/h")]);
+        assert_eq!(torch_dir_from(&torch).unwrap(), PathBuf::from("/h/t/hub/checkpoints"));
+        assert_eq!(torch_dir_from(&xdg).unwrap(), PathBuf::from("/x/torch/hub/checkpoints"));
+        assert_eq!(torch_dir_from(&home).unwrap(), PathBuf::from("/h/.cache/torch/hub/checkpoints"));
         assert_eq!(torch_dir_from(&fake_env(&[])), None);
     }
 
     #[test]
     fn base_url_override_appends_file_name() {
         let spec = lookup("resnet50", WeightsVariant::ImagenetV1).unwrap();
-        assert_eq!(
-            download_url(spec, Some("http://m/x/")),
-            "http://m/x/resnet50-0676ba61.pth"
-        );
+        assert_eq!(download_url(spec, Some("http://m/x/")), "http://m/x/resnet50-0676ba61.pth");
     }
 
     #[test]
@@ -764,11 +645,7 @@ mod tests {
 
         let again = fetch_with(&spec, &cache.join("sub"), &[], &url, false).unwrap();
         assert_eq!(again, path);
-        assert_eq!(
-            server.hits.load(Ordering::SeqCst),
-            1,
-            "cached file must be reused"
-        );
+        assert_eq!(server.hits.load(Ordering::SeqCst), 1, "cached file must be reused");
         let _ = fs::remove_dir_all(&cache);
     }
 
@@ -782,19 +659,10 @@ mod tests {
         let cache = temp_dir("corrupt");
         let url = url_of(&server, &spec);
 
-        let err = fetch_with(&spec, &cache, &[], &url, false)
-            .unwrap_err()
-            .to_string();
-        assert!(
-            err.contains("checksum mismatch") && err.contains(&url),
-            "{err}"
-        );
+        let err = fetch_with(&spec, &cache, &[], &url, false).unwrap_err().to_string();
+        assert!(err.contains("checksum mismatch") && err.contains(&url), "{err}");
         assert!(err.contains(spec.sha256_prefix), "{err}");
-        assert!(
-            dir_entries(&cache).is_empty(),
-            "left behind: {:?}",
-            dir_entries(&cache)
-        );
+        assert!(dir_entries(&cache).is_empty(), "left behind: {:?}", dir_entries(&cache));
         let _ = fs::remove_dir_all(&cache);
     }
 
@@ -809,11 +677,7 @@ mod tests {
 
         let err = fetch_with(&spec, &cache, &[], &url_of(&server, &spec), false).unwrap_err();
         assert!(err.to_string().contains("bytes"), "{err}");
-        assert!(
-            dir_entries(&cache).is_empty(),
-            "left behind: {:?}",
-            dir_entries(&cache)
-        );
+        assert!(dir_entries(&cache).is_empty(), "left behind: {:?}", dir_entries(&cache));
         let _ = fs::remove_dir_all(&cache);
     }
 
@@ -824,13 +688,8 @@ mod tests {
         let cache = temp_dir("404");
         let url = url_of(&server, &spec);
 
-        let err = fetch_with(&spec, &cache, &[], &url, false)
-            .unwrap_err()
-            .to_string();
-        assert!(
-            err.contains("HTTP 404 Not Found") && err.contains(&url),
-            "{err}"
-        );
+        let err = fetch_with(&spec, &cache, &[], &url, false).unwrap_err().to_string();
+        assert!(err.contains("HTTP 404 Not Found") && err.contains(&url), "{err}");
         assert!(dir_entries(&cache).is_empty());
         let _ = fs::remove_dir_all(&cache);
     }
@@ -838,25 +697,13 @@ mod tests {
     #[test]
     fn connection_refused_explains_how_to_work_offline() {
         let spec = spec_for(b"anything");
-        let port = TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
         let url = format!("http://127.0.0.1:{port}/models/{}", spec.file_name);
         let cache = temp_dir("offline");
 
-        let err = fetch_with(&spec, &cache, &[], &url, false)
-            .unwrap_err()
-            .to_string();
-        assert!(
-            err.contains("failed to download") && err.contains("offline"),
-            "{err}"
-        );
-        assert!(
-            err.contains(&format!("--weights /path/to/{}", spec.file_name)),
-            "{err}"
-        );
+        let err = fetch_with(&spec, &cache, &[], &url, false).unwrap_err().to_string();
+        assert!(err.contains("failed to download") && err.contains("offline"), "{err}");
+        assert!(err.contains(&format!("--weights /path/to/{}", spec.file_name)), "{err}");
         assert!(err.contains(spec.url), "{err}");
         assert!(dir_entries(&cache).is_empty());
         let _ = fs::remove_dir_all(&cache);

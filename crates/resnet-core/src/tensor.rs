@@ -10,18 +10,12 @@ pub struct Tensor {
 
 impl Tensor {
     pub fn zeros(shape: &[usize]) -> Tensor {
-        Tensor {
-            shape: shape.to_vec(),
-            data: vec![0.0; shape.iter().product()],
-        }
+        Tensor { shape: shape.to_vec(), data: vec![0.0; shape.iter().product()] }
     }
 
     /// Wraps `data`; returns `None` when its length does not match `shape`.
     pub fn from_vec(shape: &[usize], data: Vec<f32>) -> Option<Tensor> {
-        (shape.iter().product::<usize>() == data.len()).then(|| Tensor {
-            shape: shape.to_vec(),
-            data,
-        })
+        (shape.iter().product::<usize>() == data.len()).then(|| Tensor { shape: shape.to_vec(), data })
     }
 
     pub fn len(&self) -> usize {
@@ -40,16 +34,12 @@ impl Tensor {
             for ci in 0..c {
                 for hi in 0..h {
                     for wi in 0..w {
-                        out[((ni * h + hi) * w + wi) * c + ci] =
-                            data[((ni * c + ci) * h + hi) * w + wi];
+                        out[((ni * h + hi) * w + wi) * c + ci] = data[((ni * c + ci) * h + hi) * w + wi];
                     }
                 }
             }
         }
-        Tensor {
-            shape: vec![n, h, w, c],
-            data: out,
-        }
+        Tensor { shape: vec![n, h, w, c], data: out }
     }
 
     /// NHWC -> NCHW data (ours to PyTorch's layout). Panics if the tensor is not 4-d,
@@ -61,8 +51,7 @@ impl Tensor {
             for hi in 0..h {
                 for wi in 0..w {
                     for ci in 0..c {
-                        out[((ni * c + ci) * h + hi) * w + wi] =
-                            self.data[((ni * h + hi) * w + wi) * c + ci];
+                        out[((ni * c + ci) * h + hi) * w + wi] = self.data[((ni * h + hi) * w + wi) * c + ci];
                     }
                 }
             }

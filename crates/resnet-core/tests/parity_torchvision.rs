@@ -24,26 +24,19 @@ fn fixture_dir() -> PathBuf {
 }
 
 fn read_fixture(arch: &str) -> safetensors::tensor::SafeTensors<'static> {
-    let bytes =
-        std::fs::read(fixture_dir().join(format!("{arch}.safetensors"))).expect("fixture present");
+    let bytes = std::fs::read(fixture_dir().join(format!("{arch}.safetensors"))).expect("fixture present");
     let leaked: &'static [u8] = Box::leak(bytes.into_boxed_slice());
     safetensors::SafeTensors::deserialize(leaked).expect("fixture parses")
 }
 
 fn f32s(st: &safetensors::tensor::SafeTensors<'_>, name: &str) -> Vec<f32> {
     let view = st.tensor(name).expect("tensor in fixture");
-    view.data()
-        .chunks_exact(4)
-        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-        .collect()
+    view.data().chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect()
 }
 
 fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
     assert_eq!(a.len(), b.len());
-    a.iter()
-        .zip(b)
-        .map(|(x, y)| (x - y).abs())
-        .fold(0.0, f32::max)
+    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
 }
 
 fn top5(row: &[f32]) -> Vec<usize> {
@@ -63,10 +56,7 @@ fn check(arch: &str) {
         let ours = &stage.to_nchw()[..head.len()];
         let mean_abs = f32s(&st, &format!("layer{}.mean_abs", k + 1))[0];
         let d = max_abs_diff(ours, &head);
-        eprintln!(
-            "{arch} layer{}: max |diff| of first values {d:.2e} (mean |x| {mean_abs:.3})",
-            k + 1
-        );
+        eprintln!("{arch} layer{}: max |diff| of first values {d:.2e} (mean |x| {mean_abs:.3})", k + 1);
         assert!(d <= 1e-4, "{arch} layer{} diverges: {d}", k + 1);
     }
     let logits_ref = f32s(&st, "logits");

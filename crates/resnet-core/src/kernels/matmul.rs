@@ -49,11 +49,7 @@ pub fn matmul(spec: &MatMul<'_>, dst: &mut [f32], dst_row_stride: usize) {
         }
         return;
     }
-    let parallelism = if spec.threads > 1 {
-        Parallelism::Rayon(spec.threads)
-    } else {
-        Parallelism::None
-    };
+    let parallelism = if spec.threads > 1 { Parallelism::Rayon(spec.threads) } else { Parallelism::None };
     // SAFETY: the asserts above prove every element the strided views address lies inside
     // its slice; `dst` is borrowed mutably so it cannot alias `lhs` or `rhs`; the strides
     // are small positive numbers that fit in isize (they index existing slices).
@@ -107,12 +103,7 @@ mod tests {
     #[test]
     fn matches_reference_with_transposed_rhs_and_threads() {
         let mut rng = SplitMix64::new(7);
-        for &(m, n, k, threads) in &[
-            (1, 1, 1, 1),
-            (37, 19, 53, 1),
-            (200, 64, 147, 2),
-            (5, 300, 8, 2),
-        ] {
+        for &(m, n, k, threads) in &[(1, 1, 1, 1), (37, 19, 53, 1), (200, 64, 147, 2), (5, 300, 8, 2)] {
             let lhs: Vec<f32> = (0..m * k).map(|_| rng.uniform_f32(-1.0, 1.0)).collect();
             // rhs stored as [n, k] and read transposed, as conv weights are.
             let rhs: Vec<f32> = (0..n * k).map(|_| rng.uniform_f32(-1.0, 1.0)).collect();
@@ -133,10 +124,7 @@ mod tests {
             matmul(&spec, &mut dst, n);
             let want = matmul_reference(&spec);
             for (a, b) in dst.iter().zip(&want) {
-                assert!(
-                    (a - b).abs() <= 1e-4 * (1.0 + b.abs()),
-                    "{a} vs {b} for {m}x{n}x{k}"
-                );
+                assert!((a - b).abs() <= 1e-4 * (1.0 + b.abs()), "{a} vs {b} for {m}x{n}x{k}");
             }
         }
     }

@@ -7,17 +7,8 @@ use crate::tensor::Tensor;
 /// Max-pool with a square `kernel`, `stride` and `padding`; padded cells never win (as in
 /// PyTorch, which pads with -inf).
 pub fn max_pool2d_nhwc(input: &Tensor, kernel: usize, stride: usize, padding: usize) -> Tensor {
-    assert_eq!(
-        input.shape.len(),
-        4,
-        "max_pool2d_nhwc expects an NHWC tensor"
-    );
-    let (n, h, w, c) = (
-        input.shape[0],
-        input.shape[1],
-        input.shape[2],
-        input.shape[3],
-    );
+    assert_eq!(input.shape.len(), 4, "max_pool2d_nhwc expects an NHWC tensor");
+    let (n, h, w, c) = (input.shape[0], input.shape[1], input.shape[2], input.shape[3]);
     let oh = (h + 2 * padding).saturating_sub(kernel) / stride + 1;
     let ow = (w + 2 * padding).saturating_sub(kernel) / stride + 1;
     let mut out = Tensor::zeros(&[n, oh, ow, c]);
@@ -54,17 +45,8 @@ pub fn max_pool2d_nhwc(input: &Tensor, kernel: usize, stride: usize, padding: us
 
 /// Mean over H and W: `[N, H, W, C]` -> `[N, C]`.
 pub fn global_avg_pool_nhwc(input: &Tensor) -> Tensor {
-    assert_eq!(
-        input.shape.len(),
-        4,
-        "global_avg_pool_nhwc expects an NHWC tensor"
-    );
-    let (n, h, w, c) = (
-        input.shape[0],
-        input.shape[1],
-        input.shape[2],
-        input.shape[3],
-    );
+    assert_eq!(input.shape.len(), 4, "global_avg_pool_nhwc expects an NHWC tensor");
+    let (n, h, w, c) = (input.shape[0], input.shape[1], input.shape[2], input.shape[3]);
     let mut out = Tensor::zeros(&[n, c]);
     let plane = h * w;
     if plane == 0 || c == 0 {
@@ -76,9 +58,7 @@ pub fn global_avg_pool_nhwc(input: &Tensor) -> Tensor {
             let src = &input.data[(b * plane + p) * c..][..c];
             acc.iter_mut().zip(src).for_each(|(a, &s)| *a += s as f64);
         }
-        dst.iter_mut()
-            .zip(&acc)
-            .for_each(|(d, a)| *d = (*a / plane as f64) as f32);
+        dst.iter_mut().zip(&acc).for_each(|(d, a)| *d = (*a / plane as f64) as f32);
     });
     out
 }
@@ -98,11 +78,7 @@ mod tests {
 
     #[test]
     fn max_pool_keeps_channels_apart_and_negative_values() {
-        let input = Tensor::from_vec(
-            &[1, 2, 2, 2],
-            vec![-1.0, 4.0, -3.0, 2.0, -2.0, 1.0, -5.0, 0.0],
-        )
-        .unwrap();
+        let input = Tensor::from_vec(&[1, 2, 2, 2], vec![-1.0, 4.0, -3.0, 2.0, -2.0, 1.0, -5.0, 0.0]).unwrap();
         let out = max_pool2d_nhwc(&input, 3, 2, 1);
         assert_eq!(out.data, vec![-1.0, 4.0]);
     }

@@ -38,14 +38,8 @@ pub enum ModelError {
     UnknownArchitecture(String),
     #[error("invalid configuration: {0}")]
     InvalidConfig(String),
-    #[error(
-        "input has shape {found:?}; expected [N, H, W, {channels}] (NHWC) with H, W >= {min_side}"
-    )]
-    BadInput {
-        found: Vec<usize>,
-        channels: usize,
-        min_side: usize,
-    },
+    #[error("input has shape {found:?}; expected [N, H, W, {channels}] (NHWC) with H, W >= {min_side}")]
+    BadInput { found: Vec<usize>, channels: usize, min_side: usize },
 }
 
 /// The architectures `ResNetConfig::from_name` knows, in torchvision's names.
@@ -81,14 +75,7 @@ impl ResNetConfig {
             "resnext101_64x4d" => (Bottleneck, [3, 4, 23, 3], 64, 4),
             _ => return Err(ModelError::UnknownArchitecture(name.to_string())),
         };
-        Ok(ResNetConfig {
-            block,
-            layers,
-            groups,
-            width_per_group,
-            num_classes: 1000,
-            in_channels: 3,
-        })
+        Ok(ResNetConfig { block, layers, groups, width_per_group, num_classes: 1000, in_channels: 3 })
     }
 
     pub fn with_num_classes(mut self, num_classes: usize) -> ResNetConfig {
@@ -99,15 +86,9 @@ impl ResNetConfig {
     /// Checks what torchvision would refuse (BasicBlock only supports groups=1, width 64).
     pub fn validate(&self) -> Result<(), ModelError> {
         if self.block == BlockKind::Basic && (self.groups != 1 || self.width_per_group != 64) {
-            return Err(ModelError::InvalidConfig(
-                "basic blocks only support groups=1 and width_per_group=64".into(),
-            ));
+            return Err(ModelError::InvalidConfig("basic blocks only support groups=1 and width_per_group=64".into()));
         }
-        if self.groups == 0
-            || self.width_per_group == 0
-            || self.num_classes == 0
-            || self.in_channels == 0
-        {
+        if self.groups == 0 || self.width_per_group == 0 || self.num_classes == 0 || self.in_channels == 0 {
             return Err(ModelError::InvalidConfig(
                 "groups, width_per_group, num_classes and in_channels must be positive".into(),
             ));
@@ -118,5 +99,49 @@ impl ResNetConfig {
     /// Channels at the end of the last stage (the pooled feature size: 512 or 2048).
     pub fn feature_dim(&self) -> usize {
         512 * self.block.expansion()
+    }
+}
+
+impl ResNetConfig {
+    /// Guesses which family member a torchvision state_dict belongs to, from its keys and
+    /// shapes: `(architecture name, num_classes)`, or `None` when it is none of them.
+    /// Used to turn "missing key" into "this file is resnet18 weights".
+    pub fn infer_from_state_dict(sd: &crate::weights::StateDict) -> Option<(String, usize)> {
+        let mut layers = [0usize; 4];
+        for key in sd.keys() {
+            let Some(rest) = key.strip_prefix("layer") else { continue };
+            let mut parts = rest.splitn(3, '.');
+            let stage: usize = parts.next()?.parse().ok()?;
+            let block: usize = parts.next()?.parse().ok()?;
+            if (1..=4).contains(&stage) {
+                layers[stage - 1] = layers[stage - 1].max(block + 1);
+            }
+        }
+        let block = if sd.contains("layer1.0.conv3.weight") { BlockKind::Bottleneck } else { BlockKind::Basic };
+        let conv2 = sd.get("layer1.0.conv2.weight")?;
+        let (width, per_group) = (*conv2.shape.first()?, *conv2.shape.get(1)?);
+        let groups = if per_group == 0 { return None } else { width / per_group };
+        let width_per_group = if block == BlockKind::Basic { 64 } else { width / groups.max(1) };
+        let num_classes = *sd.get("fc.weight")?.shape.first()?;
+        let in_channels = *sd.get("conv1.weight")?.shape.get(1)?;
+        let config = ResNetConfig { block, layers, groups, width_per_group, num_classes, in_channels };
+        ARCHITECTURES
+            .iter()
+            .find(|n| ResNetConfig::from_name(n).is_ok_and(|c| c.with_num_classes(num_classes) == config))
+            .map(|n| (n.to_string(), num_classes))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ResNet;
+
+    #[test]
+    fn infers_every_architecture_from_its_state_dict() {
+        for name in ["resnet18", "resnet50", "resnext50_32x4d", "wide_resnet50_2", "resnet101"] {
+            let sd = ResNet::from_name(name, 10).unwrap().state_dict();
+            assert_eq!(ResNetConfig::infer_from_state_dict(&sd), Some((name.to_string(), 10)));
+        }
     }
 }

@@ -22,19 +22,9 @@ impl Conv2d {
         padding: usize,
         groups: usize,
     ) -> Conv2d {
-        let geometry = Conv2dGeometry {
-            in_channels,
-            out_channels,
-            kernel_h: kernel,
-            kernel_w: kernel,
-            stride,
-            padding,
-            groups,
-        };
-        Conv2d {
-            geometry,
-            weight: Param::conv_weight(out_channels, in_channels / groups, kernel, kernel),
-        }
+        let geometry =
+            Conv2dGeometry { in_channels, out_channels, kernel_h: kernel, kernel_w: kernel, stride, padding, groups };
+        Conv2d { geometry, weight: Param::conv_weight(out_channels, in_channels / groups, kernel, kernel) }
     }
 
     /// Convolution followed by `epilogue` (BatchNorm, residual, ReLU) in one pass.
@@ -108,20 +98,14 @@ impl Parameterized for BatchNorm2d {
         f(&join(prefix, "bias"), &self.bias);
         f(&join(prefix, "running_mean"), &self.running_mean);
         f(&join(prefix, "running_var"), &self.running_var);
-        f(
-            &join(prefix, "num_batches_tracked"),
-            &self.num_batches_tracked,
-        );
+        f(&join(prefix, "num_batches_tracked"), &self.num_batches_tracked);
     }
     fn visit_mut(&mut self, prefix: &str, f: &mut dyn FnMut(&str, &mut Param)) {
         f(&join(prefix, "weight"), &mut self.weight);
         f(&join(prefix, "bias"), &mut self.bias);
         f(&join(prefix, "running_mean"), &mut self.running_mean);
         f(&join(prefix, "running_var"), &mut self.running_var);
-        f(
-            &join(prefix, "num_batches_tracked"),
-            &mut self.num_batches_tracked,
-        );
+        f(&join(prefix, "num_batches_tracked"), &mut self.num_batches_tracked);
     }
 }
 
@@ -133,29 +117,15 @@ pub struct ConvBn {
 }
 
 impl ConvBn {
-    pub fn new(
-        in_c: usize,
-        out_c: usize,
-        kernel: usize,
-        stride: usize,
-        padding: usize,
-        groups: usize,
-    ) -> ConvBn {
-        ConvBn {
-            conv: Conv2d::new(in_c, out_c, kernel, stride, padding, groups),
-            bn: BatchNorm2d::new(out_c),
-        }
+    pub fn new(in_c: usize, out_c: usize, kernel: usize, stride: usize, padding: usize, groups: usize) -> ConvBn {
+        ConvBn { conv: Conv2d::new(in_c, out_c, kernel, stride, padding, groups), bn: BatchNorm2d::new(out_c) }
     }
 
     /// `relu?(bn(conv(x)) + residual?)`, eval mode, fused.
     pub fn forward_eval(&self, x: &Tensor, residual: Option<&Tensor>, relu: bool) -> Tensor {
         let (scale, shift) = self.bn.eval_scale_shift();
-        let epilogue = Epilogue {
-            scale: Some(&scale),
-            shift: Some(&shift),
-            residual: residual.map(|r| r.data.as_slice()),
-            relu,
-        };
+        let epilogue =
+            Epilogue { scale: Some(&scale), shift: Some(&shift), residual: residual.map(|r| r.data.as_slice()), relu };
         self.conv.forward(x, &epilogue)
     }
 }

@@ -50,20 +50,11 @@ impl Param {
     }
 
     pub fn conv_weight(out_c: usize, in_c_per_group: usize, kh: usize, kw: usize) -> Param {
-        Param {
-            layout: Layout::Ohwi,
-            ..Param::new(ParamKind::Trainable, &[out_c, in_c_per_group, kh, kw], 0.0)
-        }
+        Param { layout: Layout::Ohwi, ..Param::new(ParamKind::Trainable, &[out_c, in_c_per_group, kh, kw], 0.0) }
     }
 
     pub fn counter() -> Param {
-        Param {
-            kind: ParamKind::Counter,
-            torch_shape: vec![],
-            layout: Layout::Torch,
-            data: vec![],
-            count: 0,
-        }
+        Param { kind: ParamKind::Counter, torch_shape: vec![], layout: Layout::Torch, data: vec![], count: 0 }
     }
 
     pub fn numel(&self) -> usize {
@@ -102,8 +93,7 @@ impl Param {
                     for ic in 0..i {
                         for y in 0..kh {
                             for x in 0..kw {
-                                out[((oc * i + ic) * kh + y) * kw + x] =
-                                    self.data[((oc * kh + y) * kw + x) * i + ic];
+                                out[((oc * i + ic) * kh + y) * kw + x] = self.data[((oc * kh + y) * kw + x) * i + ic];
                             }
                         }
                     }
@@ -114,12 +104,7 @@ impl Param {
     }
 
     fn dims4(&self) -> [usize; 4] {
-        [
-            self.torch_shape[0],
-            self.torch_shape[1],
-            self.torch_shape[2],
-            self.torch_shape[3],
-        ]
+        [self.torch_shape[0], self.torch_shape[1], self.torch_shape[2], self.torch_shape[3]]
     }
 }
 
@@ -157,13 +142,7 @@ pub fn to_state_dict(m: &dyn Parameterized) -> StateDict {
             ParamKind::Counter => TensorValues::I64(vec![p.count]),
             _ => TensorValues::F32(p.to_torch_order()),
         };
-        sd.insert(
-            name,
-            StoredTensor {
-                shape: p.torch_shape.clone(),
-                values,
-            },
-        );
+        sd.insert(name, StoredTensor { shape: p.torch_shape.clone(), values });
     });
     sd
 }
@@ -177,11 +156,7 @@ pub struct LoadReport {
 /// Copies `sd` into the module. Every float tensor of the module must be present with the
 /// same shape; `num_batches_tracked` may be absent (not all exporters keep it). Keys the
 /// module does not have are an error when `strict`, else reported.
-pub fn load_state_dict(
-    m: &mut dyn Parameterized,
-    sd: &StateDict,
-    strict: bool,
-) -> Result<LoadReport, WeightsError> {
+pub fn load_state_dict(m: &mut dyn Parameterized, sd: &StateDict, strict: bool) -> Result<LoadReport, WeightsError> {
     let mut first_error: Option<WeightsError> = None;
     let mut seen = std::collections::HashSet::new();
     m.visit_mut("", &mut |name, p| {
@@ -191,16 +166,12 @@ pub fn load_state_dict(
         seen.insert(name.to_string());
         let Some(stored) = sd.get(name) else {
             if p.kind != ParamKind::Counter {
-                first_error = Some(WeightsError::MissingKey {
-                    key: name.to_string(),
-                    expected: p.torch_shape.clone(),
-                });
+                first_error = Some(WeightsError::MissingKey { key: name.to_string(), expected: p.torch_shape.clone() });
             }
             return;
         };
         // A scalar counter may be saved as shape [] or [1].
-        let shape_ok =
-            stored.shape == p.torch_shape || (p.kind == ParamKind::Counter && stored.numel() == 1);
+        let shape_ok = stored.shape == p.torch_shape || (p.kind == ParamKind::Counter && stored.numel() == 1);
         if !shape_ok {
             first_error = Some(WeightsError::ShapeMismatch {
                 key: name.to_string(),
@@ -211,9 +182,7 @@ pub fn load_state_dict(
         }
         match (&stored.values, p.kind) {
             (TensorValues::I64(v), ParamKind::Counter) => p.count = v.first().copied().unwrap_or(0),
-            (TensorValues::F32(v), ParamKind::Counter) => {
-                p.count = v.first().map_or(0, |&x| x as i64)
-            }
+            (TensorValues::F32(v), ParamKind::Counter) => p.count = v.first().map_or(0, |&x| x as i64),
             (TensorValues::F32(v), _) if v.len() == p.numel() => p.set_from_torch_order(v),
             (TensorValues::F32(_), _) => {
                 first_error = Some(WeightsError::ShapeMismatch {
@@ -222,28 +191,17 @@ pub fn load_state_dict(
                     found: stored.shape.clone(),
                 })
             }
-            (TensorValues::I64(_), _) => {
-                first_error = Some(WeightsError::NotFloat {
-                    key: name.to_string(),
-                })
-            }
+            (TensorValues::I64(_), _) => first_error = Some(WeightsError::NotFloat { key: name.to_string() }),
         }
     });
     if let Some(e) = first_error {
         return Err(e);
     }
-    let unexpected: Vec<String> = sd
-        .keys()
-        .filter(|k| !seen.contains(*k))
-        .map(str::to_string)
-        .collect();
+    let unexpected: Vec<String> = sd.keys().filter(|k| !seen.contains(*k)).map(str::to_string).collect();
     if strict {
         if let Some(key) = unexpected.first() {
             let shape = sd.get(key).map(|t| t.shape.clone()).unwrap_or_default();
-            return Err(WeightsError::UnexpectedKey {
-                key: key.clone(),
-                shape,
-            });
+            return Err(WeightsError::UnexpectedKey { key: key.clone(), shape });
         }
     }
     Ok(LoadReport { unexpected })

@@ -19,20 +19,12 @@ pub struct Block {
 }
 
 impl Block {
-    fn new(
-        kind: BlockKind,
-        in_c: usize,
-        planes: usize,
-        stride: usize,
-        groups: usize,
-        width_per_group: usize,
-    ) -> Block {
+    fn new(kind: BlockKind, in_c: usize, planes: usize, stride: usize, groups: usize, width_per_group: usize) -> Block {
         let out_c = planes * kind.expansion();
         let convs = match kind {
-            BlockKind::Basic => vec![
-                ConvBn::new(in_c, planes, 3, stride, 1, 1),
-                ConvBn::new(planes, planes, 3, 1, 1, 1),
-            ],
+            BlockKind::Basic => {
+                vec![ConvBn::new(in_c, planes, 3, stride, 1, 1), ConvBn::new(planes, planes, 3, 1, 1, 1)]
+            }
             BlockKind::Bottleneck => {
                 // torchvision: width = int(planes * (base_width / 64.)) * groups; stride on the 3x3.
                 let width = planes * width_per_group / 64 * groups;
@@ -43,26 +35,15 @@ impl Block {
                 ]
             }
         };
-        let downsample =
-            (stride != 1 || in_c != out_c).then(|| ConvBn::new(in_c, out_c, 1, stride, 0, 1));
-        Block {
-            kind,
-            convs,
-            downsample,
-        }
+        let downsample = (stride != 1 || in_c != out_c).then(|| ConvBn::new(in_c, out_c, 1, stride, 0, 1));
+        Block { kind, convs, downsample }
     }
 
     /// Eval-mode forward. The last conv's epilogue adds the shortcut and applies the ReLU.
     pub fn forward_eval(&self, x: &Tensor) -> Tensor {
-        let shortcut_owned = self
-            .downsample
-            .as_ref()
-            .map(|d| d.forward_eval(x, None, false));
+        let shortcut_owned = self.downsample.as_ref().map(|d| d.forward_eval(x, None, false));
         let shortcut = shortcut_owned.as_ref().unwrap_or(x);
-        let (last, inner) = self
-            .convs
-            .split_last()
-            .expect("a block has at least two convs");
+        let (last, inner) = self.convs.split_last().expect("a block has at least two convs");
         let mut h = inner[0].forward_eval(x, None, true);
         for c in &inner[1..] {
             h = c.forward_eval(&h, None, true);
@@ -83,8 +64,7 @@ impl Parameterized for Block {
     }
     fn visit_mut(&mut self, prefix: &str, f: &mut dyn FnMut(&str, &mut Param)) {
         for (i, c) in self.convs.iter_mut().enumerate() {
-            c.conv
-                .visit_mut(&join(prefix, &format!("conv{}", i + 1)), f);
+            c.conv.visit_mut(&join(prefix, &format!("conv{}", i + 1)), f);
             c.bn.visit_mut(&join(prefix, &format!("bn{}", i + 1)), f);
         }
         if let Some(d) = &mut self.downsample {
@@ -163,12 +143,7 @@ impl ResNet {
             stages.push(blocks);
         }
         let fc = Linear::new(in_c, config.num_classes);
-        Ok(ResNet {
-            config,
-            stem,
-            stages,
-            fc,
-        })
+        Ok(ResNet { config, stem, stages, fc })
     }
 
     /// `ResNet::new(ResNetConfig::from_name(name))` with `num_classes` outputs.
@@ -182,11 +157,7 @@ impl ResNet {
     }
 
     /// Loads a torchvision-named state_dict (`strict`: extra keys are errors).
-    pub fn load_state_dict(
-        &mut self,
-        sd: &StateDict,
-        strict: bool,
-    ) -> Result<LoadReport, WeightsError> {
+    pub fn load_state_dict(&mut self, sd: &StateDict, strict: bool) -> Result<LoadReport, WeightsError> {
         params::load_state_dict(self, sd, strict)
     }
 
@@ -195,18 +166,11 @@ impl ResNet {
     }
 
     fn check_input(&self, x: &Tensor) -> Result<(), ModelError> {
-        let ok = x.shape.len() == 4
-            && x.shape[3] == self.config.in_channels
-            && x.shape[1] >= 1
-            && x.shape[2] >= 1;
+        let ok = x.shape.len() == 4 && x.shape[3] == self.config.in_channels && x.shape[1] >= 1 && x.shape[2] >= 1;
         if ok {
             Ok(())
         } else {
-            Err(ModelError::BadInput {
-                found: x.shape.clone(),
-                channels: self.config.in_channels,
-                min_side: 1,
-            })
+            Err(ModelError::BadInput { found: x.shape.clone(), channels: self.config.in_channels, min_side: 1 })
         }
     }
 
@@ -217,21 +181,12 @@ impl ResNet {
     }
 
     /// Eval-mode forward that keeps each stage's output, stopping after `until`.
-    pub fn forward_features(
-        &self,
-        x: &Tensor,
-        until: FeatureLayer,
-    ) -> Result<Features, ModelError> {
+    pub fn forward_features(&self, x: &Tensor, until: FeatureLayer) -> Result<Features, ModelError> {
         self.check_input(x)?;
         let mut h = self.stem.forward_eval(x, None, true);
         h = max_pool2d_nhwc(&h, 3, 2, 1);
         let mut features = Features::default();
-        let stage_layers = [
-            FeatureLayer::Layer1,
-            FeatureLayer::Layer2,
-            FeatureLayer::Layer3,
-            FeatureLayer::Layer4,
-        ];
+        let stage_layers = [FeatureLayer::Layer1, FeatureLayer::Layer2, FeatureLayer::Layer3, FeatureLayer::Layer4];
         for (stage, layer) in self.stages.iter().zip(stage_layers) {
             for block in stage {
                 h = block.forward_eval(&h);

@@ -23,17 +23,11 @@ fn conv_repr(c: &Conv2d) -> String {
 }
 
 fn bn_repr(b: &BatchNorm2d) -> String {
-    format!(
-        "BatchNorm2d({}, eps=1e-05, momentum=0.1, affine=True, track_running_stats=True)",
-        b.weight.numel()
-    )
+    format!("BatchNorm2d({}, eps=1e-05, momentum=0.1, affine=True, track_running_stats=True)", b.weight.numel())
 }
 
 fn linear_repr(l: &Linear) -> String {
-    format!(
-        "Linear(in_features={}, out_features={}, bias=True)",
-        l.in_features, l.out_features
-    )
+    format!("Linear(in_features={}, out_features={}, bias=True)", l.in_features, l.out_features)
 }
 
 fn block_tree(out: &mut String, name: &str, b: &Block, indent: &str) {
@@ -72,9 +66,7 @@ pub fn module_tree(m: &ResNet) -> String {
     let _ = writeln!(out, "  (conv1): {}", conv_repr(&m.stem.conv));
     let _ = writeln!(out, "  (bn1): {}", bn_repr(&m.stem.bn));
     out.push_str("  (relu): ReLU(inplace=True)\n");
-    out.push_str(
-        "  (maxpool): MaxPool2d(kernel_size=3, stride=2, padding=1, dilation=1, ceil_mode=False)\n",
-    );
+    out.push_str("  (maxpool): MaxPool2d(kernel_size=3, stride=2, padding=1, dilation=1, ceil_mode=False)\n");
     for (s, stage) in m.stages.iter().enumerate() {
         let _ = writeln!(out, "  (layer{}): Sequential(", s + 1);
         for (i, b) in stage.iter().enumerate() {
@@ -103,12 +95,7 @@ pub struct LayerRow {
 /// torchvision's published GFLOPS do (BN, ReLU and pooling are not counted).
 pub fn layer_table(m: &ResNet, side: usize) -> Vec<LayerRow> {
     let mut rows = Vec::new();
-    let conv_row = |rows: &mut Vec<LayerRow>,
-                    name: String,
-                    c: &Conv2d,
-                    bn: &BatchNorm2d,
-                    h: usize,
-                    w: usize| {
+    let conv_row = |rows: &mut Vec<LayerRow>, name: String, c: &Conv2d, bn: &BatchNorm2d, h: usize, w: usize| {
         let (oh, ow) = c.geometry.output_hw(h, w);
         let params = c.weight.numel() + 2 * bn.weight.numel();
         rows.push(LayerRow {
@@ -119,53 +106,23 @@ pub fn layer_table(m: &ResNet, side: usize) -> Vec<LayerRow> {
         });
         (oh, ow)
     };
-    let (mut h, mut w) = conv_row(
-        &mut rows,
-        "conv1+bn1".into(),
-        &m.stem.conv,
-        &m.stem.bn,
-        side,
-        side,
-    );
+    let (mut h, mut w) = conv_row(&mut rows, "conv1+bn1".into(), &m.stem.conv, &m.stem.bn, side, side);
     h = (h + 2 - 3) / 2 + 1;
     w = (w + 2 - 3) / 2 + 1;
-    rows.push(LayerRow {
-        name: "maxpool".into(),
-        output_shape: vec![1, 64, h, w],
-        params: 0,
-        macs: 0,
-    });
+    rows.push(LayerRow { name: "maxpool".into(), output_shape: vec![1, 64, h, w], params: 0, macs: 0 });
     for (s, stage) in m.stages.iter().enumerate() {
         for (b, block) in stage.iter().enumerate() {
             let (in_h, in_w) = (h, w);
             for (i, c) in block.convs.iter().enumerate() {
-                (h, w) = conv_row(
-                    &mut rows,
-                    format!("layer{}.{b}.conv{}+bn{}", s + 1, i + 1, i + 1),
-                    &c.conv,
-                    &c.bn,
-                    h,
-                    w,
-                );
+                (h, w) =
+                    conv_row(&mut rows, format!("layer{}.{b}.conv{}+bn{}", s + 1, i + 1, i + 1), &c.conv, &c.bn, h, w);
             }
             if let Some(d) = &block.downsample {
-                conv_row(
-                    &mut rows,
-                    format!("layer{}.{b}.downsample", s + 1),
-                    &d.conv,
-                    &d.bn,
-                    in_h,
-                    in_w,
-                );
+                conv_row(&mut rows, format!("layer{}.{b}.downsample", s + 1), &d.conv, &d.bn, in_h, in_w);
             }
         }
     }
-    rows.push(LayerRow {
-        name: "avgpool".into(),
-        output_shape: vec![1, m.fc.in_features, 1, 1],
-        params: 0,
-        macs: 0,
-    });
+    rows.push(LayerRow { name: "avgpool".into(), output_shape: vec![1, m.fc.in_features, 1, 1], params: 0, macs: 0 });
     rows.push(LayerRow {
         name: "fc".into(),
         output_shape: vec![1, m.fc.out_features],

@@ -122,29 +122,11 @@ mod tests {
     #[test]
     fn decodes_little_endian_elements() {
         let bytes = [0x00, 0x00, 0x80, 0x3f, 0x00, 0x00, 0x00, 0xc0];
-        assert_eq!(
-            ElementType::F32.decode_le(&bytes),
-            TensorValues::F32(vec![1.0, -2.0])
-        );
-        assert_eq!(
-            ElementType::I32.decode_le(&bytes),
-            TensorValues::I64(vec![0x3f80_0000, -0x4000_0000])
-        );
-        assert_eq!(
-            ElementType::I64.decode_le(&bytes),
-            TensorValues::I64(vec![-0x3fff_ffff_c080_0000])
-        );
-        assert_eq!(
-            ElementType::U8.decode_le(&bytes[2..4]),
-            TensorValues::I64(vec![0x80, 0x3f])
-        );
-        assert_eq!(
-            ElementType::I8.decode_le(&bytes[2..4]),
-            TensorValues::I64(vec![-128, 63])
-        );
-        assert_eq!(
-            ElementType::F64.decode_le(&[0, 0, 0, 0, 0, 0, 0xf0, 0x3f]),
-            TensorValues::F32(vec![1.0])
-        );
+        assert_eq!(ElementType::F32.decode_le(&bytes), TensorValues::F32(vec![1.0, -2.0]));
+        assert_eq!(ElementType::I32.decode_le(&bytes), TensorValues::I64(vec![0x3f80_0000, -0x4000_0000]));
+        assert_eq!(ElementType::I64.decode_le(&bytes), TensorValues::I64(vec![-0x3fff_ffff_c080_0000]));
+        assert_eq!(ElementType::U8.decode_le(&bytes[2..4]), TensorValues::I64(vec![0x80, 0x3f]));
+        assert_eq!(ElementType::I8.decode_le(&bytes[2..4]), TensorValues::I64(vec![-128, 63]));
+        assert_eq!(ElementType::F64.decode_le(&[0, 0, 0, 0, 0, 0, 0xf0, 0x3f]), TensorValues::F32(vec![1.0]));
     }
 }

@@ -5,22 +5,17 @@ use std::path::{Path, PathBuf};
 #[derive(Debug, thiserror::Error)]
 pub enum WeightsError {
     #[error("{path}: {source}")]
-    Io {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Io { path: PathBuf, source: std::io::Error },
     #[error("{path}: not a valid weights file: {reason}")]
     Format { path: PathBuf, reason: String },
     #[error("missing key `{key}` (expected shape {expected:?}); is this checkpoint for another architecture?")]
     MissingKey { key: String, expected: Vec<usize> },
-    #[error("unexpected key `{key}` (shape {shape:?}) not in this architecture; pass --strict false to ignore extra keys")]
+    #[error(
+        "unexpected key `{key}` (shape {shape:?}) not in this architecture; pass --strict false to ignore extra keys"
+    )]
     UnexpectedKey { key: String, shape: Vec<usize> },
     #[error("key `{key}`: checkpoint has shape {found:?} but this architecture needs {expected:?}; is this checkpoint for another architecture or --num-classes?")]
-    ShapeMismatch {
-        key: String,
-        expected: Vec<usize>,
-        found: Vec<usize>,
-    },
+    ShapeMismatch { key: String, expected: Vec<usize>, found: Vec<usize> },
     #[error("key `{key}`: expected a floating-point tensor, found integers")]
     NotFloat { key: String },
     /// The pickle references a global outside the allowlist (`global` is `module name`).
@@ -36,16 +31,10 @@ pub enum WeightsError {
 
 impl WeightsError {
     pub fn io(path: &Path, source: std::io::Error) -> WeightsError {
-        WeightsError::Io {
-            path: path.to_path_buf(),
-            source,
-        }
+        WeightsError::Io { path: path.to_path_buf(), source }
     }
 
     pub fn format(path: &Path, reason: impl Into<String>) -> WeightsError {
-        WeightsError::Format {
-            path: path.to_path_buf(),
-            reason: reason.into(),
-        }
+        WeightsError::Format { path: path.to_path_buf(), reason: reason.into() }
     }
 }

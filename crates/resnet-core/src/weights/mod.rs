@@ -30,10 +30,7 @@ pub struct StoredTensor {
 
 impl StoredTensor {
     pub fn f32(shape: Vec<usize>, data: Vec<f32>) -> StoredTensor {
-        StoredTensor {
-            shape,
-            values: TensorValues::F32(data),
-        }
+        StoredTensor { shape, values: TensorValues::F32(data) }
     }
 
     pub fn numel(&self) -> usize {
@@ -96,9 +93,7 @@ pub fn load_state_dict(path: &Path) -> Result<StateDict, WeightsError> {
     use std::io::Read;
     let mut magic = [0u8; 4];
     let mut file = std::fs::File::open(path).map_err(|e| WeightsError::io(path, e))?;
-    let got = file
-        .read(&mut magic)
-        .map_err(|e| WeightsError::io(path, e))?;
+    let got = file.read(&mut magic).map_err(|e| WeightsError::io(path, e))?;
     if got == 4 && &magic == b"PK\x03\x04" {
         pth::load_pth(path)
     } else {

@@ -207,25 +207,17 @@ fn resolve_global(module: &str, name: &str) -> Result<Global, PickleError> {
         ("collections", "OrderedDict") => Some(Global::OrderedDict),
         ("torch._utils", "_rebuild_tensor_v2") => Some(Global::RebuildTensorV2),
         ("torch._utils", "_rebuild_parameter") => Some(Global::RebuildParameter),
-        ("torch._utils", "_rebuild_parameter_with_state") => {
-            Some(Global::RebuildParameterWithState)
-        }
+        ("torch._utils", "_rebuild_parameter_with_state") => Some(Global::RebuildParameterWithState),
         ("torch", class) => ElementType::from_torch_storage(class).map(Global::Storage),
         _ => None,
     };
-    global.ok_or_else(|| PickleError::Refused {
-        global: format!("{} {}", printable(module), printable(name)),
-    })
+    global.ok_or_else(|| PickleError::Refused { global: format!("{} {}", printable(module), printable(name)) })
 }
 
 /// Escapes control characters and shortens a file-controlled name for an error message.
 fn printable(s: &str) -> String {
     const MAX_CHARS: usize = 120;
-    let mut out: String = s
-        .chars()
-        .take(MAX_CHARS)
-        .flat_map(char::escape_debug)
-        .collect();
+    let mut out: String = s.chars().take(MAX_CHARS).flat_map(char::escape_debug).collect();
     if s.chars().nth(MAX_CHARS).is_some() {
         out.push('…');
     }
@@ -240,24 +232,14 @@ mod tests {
     fn refuses_os_system_via_global() {
         let pickle = b"\x80\x02cos\nsystem\nq\x00X\x0a\x00\x00\x00echo pwned\x85R.";
         let err = unpickle(pickle).unwrap_err();
-        assert_eq!(
-            err,
-            PickleError::Refused {
-                global: "os system".into()
-            }
-        );
+        assert_eq!(err, PickleError::Refused { global: "os system".into() });
     }
 
     #[test]
     fn refuses_builtins_eval_via_stack_global() {
         let pickle = b"\x80\x04\x8c\x08builtins\x94\x8c\x04eval\x94\x93\x94\x8c\x041+1\x85R.";
         let err = unpickle(pickle).unwrap_err();
-        assert_eq!(
-            err,
-            PickleError::Refused {
-                global: "builtins eval".into()
-            }
-        );
+        assert_eq!(err, PickleError::Refused { global: "builtins eval".into() });
     }
 
     #[test]

@@ -29,36 +29,24 @@ const CHECKPOINT_KEYS: [&str; 3] = ["state_dict", "model", "model_state_dict"];
 /// Loads a `.pth` state_dict (or a checkpoint dict holding one under `state_dict`/`model`).
 pub fn load_pth(path: &Path) -> Result<StateDict, WeightsError> {
     let mut file = File::open(path).map_err(|e| WeightsError::io(path, e))?;
-    let file_len = file
-        .metadata()
-        .map_err(|e| WeightsError::io(path, e))?
-        .len();
+    let file_len = file.metadata().map_err(|e| WeightsError::io(path, e))?.len();
     let mut head = [0u8; 16];
     let got = read_up_to(&mut file, &mut head).map_err(|e| WeightsError::io(path, e))?;
     if got == 0 {
         return Err(WeightsError::format(path, "the file is empty"));
     }
     if looks_like_legacy_torch(&head[..got]) {
-        return Err(WeightsError::LegacyPth {
-            path: path.to_path_buf(),
-        });
+        return Err(WeightsError::LegacyPth { path: path.to_path_buf() });
     }
     let mut zip = ZipArchive::new(BufReader::new(file)).map_err(|e| {
         WeightsError::format(
             path,
-            format!(
-                "cannot read it as a PyTorch zip checkpoint ({e}); is it truncated or corrupt?"
-            ),
+            format!("cannot read it as a PyTorch zip checkpoint ({e}); is it truncated or corrupt?"),
         )
     })?;
     let prefix = archive_prefix(&zip, path)?;
     check_byte_order(&mut zip, &prefix, path)?;
-    let pkl = read_entry(
-        &mut zip,
-        &format!("{prefix}data.pkl"),
-        MAX_PICKLE_BYTES,
-        path,
-    )?;
+    let pkl = read_entry(&mut zip, &format!("{prefix}data.pkl"), MAX_PICKLE_BYTES, path)?;
     let pickle = pickle::unpickle(&pkl).map_err(|e| match e {
         PickleError::Refused { global } => refusal(path, global),
         malformed => WeightsError::format(path, format!("data.pkl: {malformed}")),
@@ -67,9 +55,7 @@ pub fn load_pth(path: &Path) -> Result<StateDict, WeightsError> {
 
     // Storages are read once each: several tensors may view one storage.
     let mut storages: HashMap<&str, (&StorageRef, TensorValues)> = HashMap::new();
-    let budget = file_len
-        .saturating_mul(ELEMENTS_PER_FILE_BYTE)
-        .saturating_add(BASE_ELEMENTS);
+    let budget = file_len.saturating_mul(ELEMENTS_PER_FILE_BYTE).saturating_add(BASE_ELEMENTS);
     let mut budget = usize::try_from(budget).unwrap_or(usize::MAX);
     let mut dict = StateDict::new();
     for (name, tensor) in tensors {
@@ -96,9 +82,7 @@ pub fn load_pth(path: &Path) -> Result<StateDict, WeightsError> {
 /// Whether `head` starts like a pre-1.6 `torch.save` file: a bare pickle beginning with
 /// torch's magic number (LONG1 0x1950a86a20f9469cfc6c), rather than a zip.
 pub fn looks_like_legacy_torch(head: &[u8]) -> bool {
-    const MAGIC: [u8; 12] = [
-        0x8a, 0x0a, 0x6c, 0xfc, 0x9c, 0x46, 0xf9, 0x20, 0x6a, 0xa8, 0x50, 0x19,
-    ];
+    const MAGIC: [u8; 12] = [0x8a, 0x0a, 0x6c, 0xfc, 0x9c, 0x46, 0xf9, 0x20, 0x6a, 0xa8, 0x50, 0x19];
     head.len() >= 14 && head[0] == 0x80 && head[2..14] == MAGIC
 }
 
@@ -117,23 +101,14 @@ fn read_up_to(file: &mut File, buf: &mut [u8]) -> std::io::Result<usize> {
 fn refusal(path: &Path, global: String) -> WeightsError {
     let module_like = ["torchvision.", "torch.nn.", "__torch__."];
     if module_like.iter().any(|m| global.starts_with(m)) {
-        WeightsError::PickledModule {
-            path: path.to_path_buf(),
-            global,
-        }
+        WeightsError::PickledModule { path: path.to_path_buf(), global }
     } else {
-        WeightsError::UnsafePickle {
-            path: path.to_path_buf(),
-            global,
-        }
+        WeightsError::UnsafePickle { path: path.to_path_buf(), global }
     }
 }
 
 /// The archive's top-level folder (with its trailing `/`), found from `<folder>/data.pkl`.
-fn archive_prefix<R: Read + std::io::Seek>(
-    zip: &ZipArchive<R>,
-    path: &Path,
-) -> Result<String, WeightsError> {
+fn archive_prefix<R: Read + std::io::Seek>(zip: &ZipArchive<R>, path: &Path) -> Result<String, WeightsError> {
     let mut found: Vec<&str> = zip
         .file_names()
         .filter_map(|n| n.strip_suffix("data.pkl"))
@@ -141,10 +116,7 @@ fn archive_prefix<R: Read + std::io::Seek>(
         .collect();
     found.sort_unstable();
     let is_torchscript = |prefix: &str| {
-        zip.file_names().any(|n| {
-            n.strip_prefix(prefix)
-                .is_some_and(|r| r.starts_with("code/") || r == "constants.pkl")
-        })
+        zip.file_names().any(|n| n.strip_prefix(prefix).is_some_and(|r| r.starts_with("code/") || r == "constants.pkl"))
     };
     match found.as_slice() {
         [prefix] if is_torchscript(prefix) => Err(WeightsError::format(
@@ -153,14 +125,8 @@ fn archive_prefix<R: Read + std::io::Seek>(
              save `model.state_dict()` with torch.save instead",
         )),
         [prefix] => Ok(prefix.to_string()),
-        [] => Err(WeightsError::format(
-            path,
-            "a zip file without `<archive>/data.pkl`, so not a PyTorch checkpoint",
-        )),
-        _ => Err(WeightsError::format(
-            path,
-            "the zip holds several `data.pkl` archives",
-        )),
+        [] => Err(WeightsError::format(path, "a zip file without `<archive>/data.pkl`, so not a PyTorch checkpoint")),
+        _ => Err(WeightsError::format(path, "the zip holds several `data.pkl` archives")),
     }
 }
 
@@ -209,23 +175,15 @@ fn read_entry<R: Read + std::io::Seek>(
 
 /// The `(name, tensor)` pairs of the state_dict at the pickle's root, unwrapping a
 /// training checkpoint (`{"epoch": .., "state_dict": {..}}`) if that is what the root is.
-fn state_dict_entries<'p>(
-    pickle: &'p Pickle,
-    path: &Path,
-) -> Result<Vec<(&'p str, &'p TensorRef)>, WeightsError> {
+fn state_dict_entries<'p>(pickle: &'p Pickle, path: &Path) -> Result<Vec<(&'p str, &'p TensorRef)>, WeightsError> {
     let root = pickle.root();
     let Some(mut dict) = pickle.as_dict(root) else {
         return Err(WeightsError::format(
             path,
-            format!(
-                "the pickle holds a {}, not a state_dict",
-                pickle.type_name(root)
-            ),
+            format!("the pickle holds a {}, not a state_dict", pickle.type_name(root)),
         ));
     };
-    let wrapped = CHECKPOINT_KEYS
-        .iter()
-        .find_map(|k| dict.get_str(k).and_then(|v| pickle.as_dict(v)));
+    let wrapped = CHECKPOINT_KEYS.iter().find_map(|k| dict.get_str(k).and_then(|v| pickle.as_dict(v)));
     if let Some(inner) = wrapped {
         dict = inner;
     }
@@ -234,10 +192,7 @@ fn state_dict_entries<'p>(
         let Value::Str(name) = key else {
             return Err(WeightsError::format(
                 path,
-                format!(
-                    "a state_dict key is a {}, not a string",
-                    pickle.type_name(key)
-                ),
+                format!("a state_dict key is a {}, not a string", pickle.type_name(key)),
             ));
         };
         let Some(tensor) = pickle.as_tensor(value) else {
@@ -267,9 +222,7 @@ fn read_storage<R: Read + std::io::Seek>(
     let declared = storage
         .numel
         .checked_mul(storage.dtype.size())
-        .ok_or_else(|| {
-            WeightsError::format(path, format!("tensor `{name}`: storage size overflows"))
-        })?;
+        .ok_or_else(|| WeightsError::format(path, format!("tensor `{name}`: storage size overflows")))?;
     let entry = format!("{prefix}data/{}", storage.key);
     let bytes = read_entry(zip, &entry, declared as u64, path)?;
     if bytes.len() != declared {
@@ -296,10 +249,7 @@ fn materialise(
     path: &Path,
 ) -> Result<StoredTensor, WeightsError> {
     let bad = |what: &str| WeightsError::format(path, format!("tensor `{name}`: {what}"));
-    let numel = tensor
-        .shape
-        .iter()
-        .try_fold(1usize, |n, &d| n.checked_mul(d));
+    let numel = tensor.shape.iter().try_fold(1usize, |n, &d| n.checked_mul(d));
     let Some(left) = numel.and_then(|n| budget.checked_sub(n)) else {
         return Err(bad(&format!(
             "size {:?} is far more elements than the file could hold; it is corrupt or hostile",
@@ -329,20 +279,11 @@ fn materialise(
     }
     let indices = StridedIndices::new(tensor, numel);
     let values = match storage {
-        TensorValues::F32(v) => indices
-            .map(|i| v.get(i).copied())
-            .collect::<Option<_>>()
-            .map(TensorValues::F32),
-        TensorValues::I64(v) => indices
-            .map(|i| v.get(i).copied())
-            .collect::<Option<_>>()
-            .map(TensorValues::I64),
+        TensorValues::F32(v) => indices.map(|i| v.get(i).copied()).collect::<Option<_>>().map(TensorValues::F32),
+        TensorValues::I64(v) => indices.map(|i| v.get(i).copied()).collect::<Option<_>>().map(TensorValues::I64),
     };
     let values = values.ok_or_else(|| bad("an element lies outside its storage"))?;
-    Ok(StoredTensor {
-        shape: tensor.shape.clone(),
-        values,
-    })
+    Ok(StoredTensor { shape: tensor.shape.clone(), values })
 }
 
 /// Storage indices of a strided view, in row-major order of the view.
@@ -383,9 +324,7 @@ impl Iterator for StridedIndices<'_> {
             if self.index[axis] < self.shape[axis] {
                 break;
             }
-            self.next = self
-                .next
-                .wrapping_sub(self.stride[axis].wrapping_mul(self.shape[axis]));
+            self.next = self.next.wrapping_sub(self.stride[axis].wrapping_mul(self.shape[axis]));
             self.index[axis] = 0;
         }
         Some(current)
@@ -402,15 +341,12 @@ mod tests {
     use std::path::PathBuf;
 
     fn fixture(name: &str) -> PathBuf {
-        Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("tests/fixtures/weights")
-            .join(name)
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/weights").join(name)
     }
 
     /// A fresh scratch directory for one test.
     fn scratch(test: &str) -> PathBuf {
-        let dir =
-            std::env::temp_dir().join(format!("resnet-weights-{}-{test}", std::process::id()));
+        let dir = std::env::temp_dir().join(format!("resnet-weights-{}-{test}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
         dir
@@ -429,11 +365,7 @@ mod tests {
             let name = words.next().unwrap().to_string();
             let kind = words.next().unwrap();
             let shape = words.next().unwrap().trim_matches(['[', ']']);
-            let shape: Vec<usize> = shape
-                .split(',')
-                .filter(|s| !s.is_empty())
-                .map(|d| d.parse().unwrap())
-                .collect();
+            let shape: Vec<usize> = shape.split(',').filter(|s| !s.is_empty()).map(|d| d.parse().unwrap()).collect();
             let values = match kind {
                 "f32" => TensorValues::F32(words.map(|w| w.parse().unwrap()).collect()),
                 "i64" => TensorValues::I64(words.map(|w| w.parse().unwrap()).collect()),
@@ -480,10 +412,7 @@ mod tests {
         assert_eq!(dict.keys().collect::<Vec<_>>(), ["fc.weight", "fc.bias"]);
         let weight = dict.get("fc.weight").unwrap();
         assert_eq!(weight.shape, [2, 3]);
-        assert_eq!(
-            weight.values,
-            TensorValues::F32(vec![0.0, 1.0, 2.0, 3.0, 4.0, 5.0])
-        );
+        assert_eq!(weight.values, TensorValues::F32(vec![0.0, 1.0, 2.0, 3.0, 4.0, 5.0]));
     }
 
     #[test]
@@ -504,10 +433,7 @@ mod tests {
         let bytes = std::fs::read(fixture("tiny.pth")).unwrap();
         let dir = scratch("truncated-pth");
         let path = dir.join("model.pth");
-        let cuts: Vec<usize> = (1..bytes.len())
-            .step_by(61)
-            .chain([bytes.len() - 1])
-            .collect();
+        let cuts: Vec<usize> = (1..bytes.len()).step_by(61).chain([bytes.len() - 1]).collect();
         for cut in cuts {
             std::fs::write(&path, &bytes[..cut]).unwrap();
             let msg = message(load_state_dict(&path));
@@ -520,10 +446,7 @@ mod tests {
     fn storage_shorter_than_declared_is_an_error() {
         let msg = message(load_pth(&fixture("tampered_short_storage.pth")));
         assert!(msg.contains("tampered_short_storage.pth"), "{msg}");
-        assert!(
-            msg.contains("data/0") && msg.contains("tampered with"),
-            "{msg}"
-        );
+        assert!(msg.contains("data/0") && msg.contains("tampered with"), "{msg}");
     }
 
     #[test]
@@ -562,10 +485,7 @@ mod tests {
     #[test]
     fn legacy_pth_asks_to_resave_with_current_torch() {
         let path = fixture("legacy.pth");
-        for err in [
-            load_pth(&path).unwrap_err(),
-            load_state_dict(&path).unwrap_err(),
-        ] {
+        for err in [load_pth(&path).unwrap_err(), load_state_dict(&path).unwrap_err()] {
             assert!(matches!(err, WeightsError::LegacyPth { .. }), "{err}");
             assert!(err.to_string().contains("re-save it"), "{err}");
         }
@@ -574,10 +494,7 @@ mod tests {
     #[test]
     fn torchscript_archive_is_explained() {
         let msg = message(load_state_dict(&fixture("torchscript.pt")));
-        assert!(
-            msg.contains("TorchScript") && msg.contains("state_dict"),
-            "{msg}"
-        );
+        assert!(msg.contains("TorchScript") && msg.contains("state_dict"), "{msg}");
     }
 
     #[test]
@@ -602,11 +519,7 @@ mod tests {
 
     fn view(offset: usize, shape: &[usize], stride: &[usize], numel: usize) -> TensorRef {
         TensorRef {
-            storage: pickle::StorageRef {
-                key: "0".into(),
-                dtype: pickle::ElementType::F32,
-                numel,
-            },
+            storage: pickle::StorageRef { key: "0".into(), dtype: pickle::ElementType::F32, numel },
             offset,
             shape: shape.to_vec(),
             stride: stride.to_vec(),
@@ -618,9 +531,7 @@ mod tests {
         let storage = TensorValues::F32((0..24).map(|x| x as f32).collect());
         let gather = |offset, shape: &[usize], stride: &[usize]| {
             let t = view(offset, shape, stride, 24);
-            materialise("t", &t, &storage, &mut 1000, Path::new("m.pth"))
-                .map(|t| t.values)
-                .map_err(|e| e.to_string())
+            materialise("t", &t, &storage, &mut 1000, Path::new("m.pth")).map(|t| t.values).map_err(|e| e.to_string())
         };
         let f = |v: &[f32]| Ok(TensorValues::F32(v.to_vec()));
         assert_eq!(gather(0, &[2, 3], &[1, 2]), f(&[0., 2., 4., 1., 3., 5.]));
@@ -630,10 +541,7 @@ mod tests {
         assert_eq!(gather(23, &[], &[]), f(&[23.]));
         assert_eq!(gather(99, &[0, 5], &[5, 1]), f(&[]));
         let msg = gather(5, &[2, 2, 2], &[12, 1, 6]).unwrap_err();
-        assert!(
-            msg.contains("m.pth") && msg.contains("reaches past the end"),
-            "{msg}"
-        );
+        assert!(msg.contains("m.pth") && msg.contains("reaches past the end"), "{msg}");
         assert!(gather(0, &[1 << 40, 1 << 40], &[0, 0]).is_err());
         let msg = gather(0, &[1001], &[0]).unwrap_err();
         assert!(msg.contains("far more elements"), "{msg}");
@@ -659,9 +567,6 @@ mod tests {
         let back = load_state_dict(&ours).unwrap();
         assert_eq!(back.keys().collect::<Vec<_>>(), want);
         assert!(from_pth.iter().all(|(k, t)| back.get(k) == Some(t)));
-        println!(
-            "resnet18: {} keys load from .pth and safetensors identically",
-            from_pth.len()
-        );
+        println!("resnet18: {} keys load from .pth and safetensors identically", from_pth.len());
     }
 }

@@ -18,10 +18,7 @@ use super::*;
 /// Loads every tensor of a safetensors file, in the order of their data in the file.
 pub fn load_safetensors(path: &Path) -> Result<StateDict, WeightsError> {
     let file = File::open(path).map_err(|e| WeightsError::io(path, e))?;
-    let len = file
-        .metadata()
-        .map_err(|e| WeightsError::io(path, e))?
-        .len();
+    let len = file.metadata().map_err(|e| WeightsError::io(path, e))?.len();
     if len == 0 {
         return Err(WeightsError::format(path, "the file is empty"));
     }
@@ -37,12 +34,9 @@ pub fn load_safetensors(path: &Path) -> Result<StateDict, WeightsError> {
     // as for every safetensors reader; no reference into the map outlives this function.
     let map = unsafe { Mmap::map(&file) }.map_err(|e| WeightsError::io(path, e))?;
     if pth::looks_like_legacy_torch(&map) {
-        return Err(WeightsError::LegacyPth {
-            path: path.to_path_buf(),
-        });
+        return Err(WeightsError::LegacyPth { path: path.to_path_buf() });
     }
-    let (header_len, metadata) =
-        SafeTensors::read_metadata(&map).map_err(|e| header_error(path, len, e))?;
+    let (header_len, metadata) = SafeTensors::read_metadata(&map).map_err(|e| header_error(path, len, e))?;
     let data = map.get(8 + header_len..).unwrap_or(&[]);
     let mut dict = StateDict::new();
     for name in metadata.offset_keys() {
@@ -50,12 +44,9 @@ pub fn load_safetensors(path: &Path) -> Result<StateDict, WeightsError> {
             continue;
         };
         let bad = |what: String| WeightsError::format(path, format!("tensor `{name}`: {what}"));
-        let dtype = element_type(info.dtype)
-            .ok_or_else(|| bad(format!("unsupported dtype {:?}", info.dtype)))?;
+        let dtype = element_type(info.dtype).ok_or_else(|| bad(format!("unsupported dtype {:?}", info.dtype)))?;
         let (start, end) = info.data_offsets;
-        let bytes = data
-            .get(start..end)
-            .ok_or_else(|| bad("data lies outside the file".into()))?;
+        let bytes = data.get(start..end).ok_or_else(|| bad("data lies outside the file".into()))?;
         let values = dtype.decode_le(bytes);
         let numel: usize = info.shape.iter().product();
         let decoded = match &values {
@@ -63,19 +54,9 @@ pub fn load_safetensors(path: &Path) -> Result<StateDict, WeightsError> {
             TensorValues::I64(v) => v.len(),
         };
         if decoded != numel {
-            return Err(bad(format!(
-                "shape {:?} does not match its {} bytes",
-                info.shape,
-                end - start
-            )));
+            return Err(bad(format!("shape {:?} does not match its {} bytes", info.shape, end - start)));
         }
-        dict.insert(
-            name.clone(),
-            StoredTensor {
-                shape: info.shape.clone(),
-                values,
-            },
-        );
+        dict.insert(name.clone(), StoredTensor { shape: info.shape.clone(), values });
     }
     Ok(dict)
 }
@@ -109,9 +90,9 @@ fn header_error(path: &Path, len: u64, e: SafeTensorError) -> WeightsError {
             "neither a PyTorch zip checkpoint nor a safetensors file ({e}; the file has {len} bytes); \
              if it is safetensors, it is truncated or corrupt"
         ),
-        SafeTensorError::MetadataIncompleteBuffer => format!(
-            "safetensors header and file size disagree ({len} bytes); the file is truncated or corrupt"
-        ),
+        SafeTensorError::MetadataIncompleteBuffer => {
+            format!("safetensors header and file size disagree ({len} bytes); the file is truncated or corrupt")
+        }
         other => format!("inconsistent safetensors header ({other}); the file is corrupt"),
     };
     WeightsError::format(path, reason)
@@ -132,9 +113,8 @@ pub fn save_safetensors_with_metadata(
     metadata: &[(&str, &str)],
 ) -> Result<(), WeightsError> {
     let header = header_json(path, dict, metadata)?;
-    let file_name = path
-        .file_name()
-        .ok_or_else(|| WeightsError::format(path, "the output path does not name a file"))?;
+    let file_name =
+        path.file_name().ok_or_else(|| WeightsError::format(path, "the output path does not name a file"))?;
     let mut tmp_name = std::ffi::OsString::from(".");
     tmp_name.push(file_name);
     tmp_name.push(format!(".tmp-{}", std::process::id()));
@@ -169,11 +149,7 @@ fn write_file(tmp: &Path, header: &[u8], dict: &StateDict) -> std::io::Result<()
 }
 
 /// The JSON header, padded with spaces to a multiple of 8 bytes as the reference writer does.
-fn header_json(
-    path: &Path,
-    dict: &StateDict,
-    metadata: &[(&str, &str)],
-) -> Result<Vec<u8>, WeightsError> {
+fn header_json(path: &Path, dict: &StateDict, metadata: &[(&str, &str)]) -> Result<Vec<u8>, WeightsError> {
     let mut json = String::from("{");
     if !metadata.is_empty() {
         json.push_str("\"__metadata__\":{");
@@ -250,30 +226,15 @@ mod tests {
         let mut dict = StateDict::new();
         dict.insert(
             "layer1.0.conv1.weight",
-            StoredTensor::f32(
-                vec![2, 1, 1, 3],
-                vec![1.5, -0.0, 3e-39, f32::MAX, -7.25, 1e-7],
-            ),
+            StoredTensor::f32(vec![2, 1, 1, 3], vec![1.5, -0.0, 3e-39, f32::MAX, -7.25, 1e-7]),
         );
         dict.insert(
             "bn1.num_batches_tracked",
-            StoredTensor {
-                shape: vec![],
-                values: TensorValues::I64(vec![i64::MIN + 1]),
-            },
+            StoredTensor { shape: vec![], values: TensorValues::I64(vec![i64::MIN + 1]) },
         );
-        dict.insert(
-            "a \"quoted\" \\ name\t✓",
-            StoredTensor::f32(vec![3], vec![1.0, 2.0, 3.0]),
-        );
+        dict.insert("a \"quoted\" \\ name\t✓", StoredTensor::f32(vec![3], vec![1.0, 2.0, 3.0]));
         dict.insert("empty", StoredTensor::f32(vec![0, 4], vec![]));
-        dict.insert(
-            "counts",
-            StoredTensor {
-                shape: vec![2],
-                values: TensorValues::I64(vec![-1, 1 << 40]),
-            },
-        );
+        dict.insert("counts", StoredTensor { shape: vec![2], values: TensorValues::I64(vec![-1, 1 << 40]) });
         dict
     }
 
@@ -288,18 +249,14 @@ mod tests {
         let dict = sample();
         save_safetensors(&path, &dict).unwrap();
         let back = load_safetensors(&path).unwrap();
-        assert_eq!(
-            back.keys().collect::<Vec<_>>(),
-            dict.keys().collect::<Vec<_>>()
-        );
+        assert_eq!(back.keys().collect::<Vec<_>>(), dict.keys().collect::<Vec<_>>());
         for (name, tensor) in dict.iter() {
             let got = back.get(name).unwrap();
             assert_eq!(got.shape, tensor.shape, "{name}");
             match (&got.values, &tensor.values) {
-                (TensorValues::F32(g), TensorValues::F32(w)) => assert!(
-                    g.iter().zip(w).all(|(a, b)| a.to_bits() == b.to_bits()) && g.len() == w.len(),
-                    "{name}"
-                ),
+                (TensorValues::F32(g), TensorValues::F32(w)) => {
+                    assert!(g.iter().zip(w).all(|(a, b)| a.to_bits() == b.to_bits()) && g.len() == w.len(), "{name}")
+                }
                 (g, w) => assert_eq!(g, w, "{name}"),
             }
         }
@@ -307,10 +264,7 @@ mod tests {
         let bytes = std::fs::read(&path).unwrap();
         let st = SafeTensors::deserialize(&bytes).unwrap();
         assert_eq!(st.tensor("counts").unwrap().dtype(), Dtype::I64);
-        assert_eq!(
-            st.tensor("layer1.0.conv1.weight").unwrap().dtype(),
-            Dtype::F32
-        );
+        assert_eq!(st.tensor("layer1.0.conv1.weight").unwrap().dtype(), Dtype::F32);
         std::fs::remove_dir_all(dir).unwrap();
     }
 
@@ -321,10 +275,7 @@ mod tests {
         std::fs::write(&path, b"old contents").unwrap();
         save_safetensors(&path, &sample()).unwrap();
         assert_eq!(load_safetensors(&path).unwrap().len(), 5);
-        let names: Vec<_> = std::fs::read_dir(&dir)
-            .unwrap()
-            .map(|e| e.unwrap().file_name())
-            .collect();
+        let names: Vec<_> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().file_name()).collect();
         assert_eq!(names, ["w.safetensors"]);
         // A failing save (values disagree with the shape) leaves the old file untouched.
         let mut bad = StateDict::new();
@@ -339,8 +290,7 @@ mod tests {
     fn metadata_is_written_to_the_header() {
         let dir = scratch("metadata");
         let path = dir.join("w.safetensors");
-        save_safetensors_with_metadata(&path, &sample(), &[("format", "pt"), ("arch", "resnet18")])
-            .unwrap();
+        save_safetensors_with_metadata(&path, &sample(), &[("format", "pt"), ("arch", "resnet18")]).unwrap();
         let bytes = std::fs::read(&path).unwrap();
         let (_, meta) = SafeTensors::read_metadata(&bytes).unwrap();
         let meta = meta.metadata().clone().unwrap();
@@ -366,18 +316,9 @@ mod tests {
         ];
         std::fs::write(&path, safetensors::serialize(views, None).unwrap()).unwrap();
         let dict = load_safetensors(&path).unwrap();
-        assert_eq!(
-            dict.get("h").unwrap().values,
-            TensorValues::F32(vec![1.0, -2.0])
-        );
-        assert_eq!(
-            dict.get("b").unwrap().values,
-            TensorValues::F32(vec![1.0, -5.0])
-        );
-        assert_eq!(
-            dict.get("d").unwrap().values,
-            TensorValues::F32(vec![0.1f32])
-        );
+        assert_eq!(dict.get("h").unwrap().values, TensorValues::F32(vec![1.0, -2.0]));
+        assert_eq!(dict.get("b").unwrap().values, TensorValues::F32(vec![1.0, -5.0]));
+        assert_eq!(dict.get("d").unwrap().values, TensorValues::F32(vec![0.1f32]));
         assert_eq!(dict.get("i").unwrap().values, TensorValues::I64(vec![-7]));
         assert_eq!(dict.get("i").unwrap().shape, [1, 1]);
         std::fs::remove_dir_all(dir).unwrap();
@@ -410,25 +351,16 @@ mod tests {
         };
         let cases = [
             // Claims more data than the file holds.
-            (
-                r#"{"w":{"dtype":"F32","shape":[2],"data_offsets":[0,1000]}}"#,
-                8,
-            ),
+            (r#"{"w":{"dtype":"F32","shape":[2],"data_offsets":[0,1000]}}"#, 8),
             // Offsets disagree with the shape.
-            (
-                r#"{"w":{"dtype":"F32","shape":[4],"data_offsets":[0,8]}}"#,
-                8,
-            ),
+            (r#"{"w":{"dtype":"F32","shape":[4],"data_offsets":[0,8]}}"#, 8),
             // Two tensors overlapping.
             (
                 r#"{"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},"b":{"dtype":"F32","shape":[2],"data_offsets":[4,12]}}"#,
                 12,
             ),
             // Shape whose element count overflows.
-            (
-                r#"{"w":{"dtype":"F32","shape":[4294967296,4294967296,16],"data_offsets":[0,8]}}"#,
-                8,
-            ),
+            (r#"{"w":{"dtype":"F32","shape":[4294967296,4294967296,16],"data_offsets":[0,8]}}"#, 8),
         ];
         for (header, data_len) in cases {
             write(header, data_len);
@@ -440,20 +372,14 @@ mod tests {
         bytes.extend(b"{}");
         std::fs::write(&path, bytes).unwrap();
         let msg = message(load_safetensors(&path));
-        assert!(
-            msg.contains("neither a PyTorch zip checkpoint nor a safetensors file"),
-            "{msg}"
-        );
+        assert!(msg.contains("neither a PyTorch zip checkpoint nor a safetensors file"), "{msg}");
         std::fs::remove_dir_all(dir).unwrap();
     }
 
     #[test]
     fn empty_and_tiny_files_are_errors() {
         let dir = scratch("tiny-files");
-        for (name, bytes) in [
-            ("e.safetensors", &b""[..]),
-            ("t.safetensors", &b"\x02\0\0"[..]),
-        ] {
+        for (name, bytes) in [("e.safetensors", &b""[..]), ("t.safetensors", &b"\x02\0\0"[..])] {
             let path = dir.join(name);
             std::fs::write(&path, bytes).unwrap();
             let msg = message(load_safetensors(&path));

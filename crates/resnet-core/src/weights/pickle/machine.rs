@@ -4,9 +4,7 @@
 use std::collections::HashMap;
 use std::rc::Rc;
 
-use super::{
-    resolve_global, Dict, Global, Object, ObjectId, PickleError, StorageRef, TensorRef, Value,
-};
+use super::{resolve_global, Dict, Global, Object, ObjectId, PickleError, StorageRef, TensorRef, Value};
 
 /// Runs `data` to its STOP opcode, returning the arena and the root value.
 pub(super) fn run(data: &[u8]) -> Result<(Vec<Object>, Value), PickleError> {
@@ -88,9 +86,7 @@ impl<'a> Machine<'a> {
             self.op_start = self.pos;
             let opcode = match self.data.get(self.pos) {
                 Some(&b) => b,
-                None => {
-                    return Err(self.error("the pickle ends before its STOP opcode (truncated?)"))
-                }
+                None => return Err(self.error("the pickle ends before its STOP opcode (truncated?)")),
             };
             self.pos += 1;
             if opcode == op::STOP {
@@ -120,9 +116,7 @@ impl<'a> Machine<'a> {
                 let name = self.pop()?;
                 let module = self.pop()?;
                 match (module, name) {
-                    (Value::Str(m), Value::Str(n)) => {
-                        self.push(Value::Global(resolve_global(&m, &n)?))
-                    }
+                    (Value::Str(m), Value::Str(n)) => self.push(Value::Global(resolve_global(&m, &n)?)),
                     _ => return Err(self.error("STACK_GLOBAL needs two strings")),
                 }
             }
@@ -135,8 +129,7 @@ impl<'a> Machine<'a> {
                 self.memoize(i)?;
             }
             op::MEMOIZE => {
-                let i = u32::try_from(self.memo.len())
-                    .map_err(|_| self.error("too many memoized values"))?;
+                let i = u32::try_from(self.memo.len()).map_err(|_| self.error("too many memoized values"))?;
                 self.memoize(i)?;
             }
             op::BINGET => {
@@ -212,8 +205,7 @@ impl<'a> Machine<'a> {
             op::BINUNICODE | op::SHORT_BINUNICODE | op::BINUNICODE8 => {
                 let n = self.read_len(opcode, op::SHORT_BINUNICODE, op::BINUNICODE)?;
                 let bytes = self.read_n(n)?;
-                let s = std::str::from_utf8(bytes)
-                    .map_err(|_| self.error("a string is not valid UTF-8"))?;
+                let s = std::str::from_utf8(bytes).map_err(|_| self.error("a string is not valid UTF-8"))?;
                 self.push(Value::Str(Rc::from(s)));
             }
             op::BINBYTES | op::SHORT_BINBYTES | op::BINBYTES8 => {
@@ -261,9 +253,7 @@ impl<'a> Machine<'a> {
                 self.new_object(Object::Storage(storage));
             }
             other => {
-                return Err(self.error(format!(
-                    "unsupported pickle opcode 0x{other:02x} (not used by torch.save)"
-                )))
+                return Err(self.error(format!("unsupported pickle opcode 0x{other:02x} (not used by torch.save)")))
             }
         }
         Ok(())
@@ -291,26 +281,16 @@ impl<'a> Machine<'a> {
                 if shape.len() != stride.len() {
                     return Err(self.error("a tensor's size and stride differ in length"));
                 }
-                let tensor = TensorRef {
-                    storage,
-                    offset,
-                    shape,
-                    stride,
-                };
+                let tensor = TensorRef { storage, offset, shape, stride };
                 Ok(self.alloc(Object::Tensor(tensor)))
             }
-            Global::RebuildParameter | Global::RebuildParameterWithState
-                if (3..=4).contains(&args.len()) =>
-            {
+            Global::RebuildParameter | Global::RebuildParameterWithState if (3..=4).contains(&args.len()) => {
                 match self.object_ref(&args[0])? {
                     Object::Tensor(_) => Ok(args[0].clone()),
                     _ => Err(self.error("_rebuild_parameter without a tensor")),
                 }
             }
-            _ => Err(self.error(format!(
-                "unexpected call of {global:?} with {} arguments",
-                args.len()
-            ))),
+            _ => Err(self.error(format!("unexpected call of {global:?} with {} arguments", args.len()))),
         }
     }
 
@@ -329,11 +309,7 @@ impl<'a> Machine<'a> {
                     _ => return Err(self.error("a storage key is neither str nor int")),
                 };
                 let numel = self.to_usize(numel)?;
-                Ok(StorageRef {
-                    key,
-                    dtype: *dtype,
-                    numel,
-                })
+                Ok(StorageRef { key, dtype: *dtype, numel })
             }
             _ => Err(self.error("a persistent id is not torch's ('storage', ...) form")),
         }
@@ -353,9 +329,7 @@ impl<'a> Machine<'a> {
 
     fn to_usize(&self, value: &Value) -> Result<usize, PickleError> {
         match value {
-            Value::Int(i) => {
-                usize::try_from(*i).map_err(|_| self.error(format!("negative size {i}")))
-            }
+            Value::Int(i) => usize::try_from(*i).map_err(|_| self.error(format!("negative size {i}"))),
             _ => Err(self.error("expected an integer")),
         }
     }
@@ -377,15 +351,11 @@ impl<'a> Machine<'a> {
         if self.marks.last().is_some_and(|&m| m >= self.stack.len()) {
             return Err(self.error("an opcode pops past a MARK"));
         }
-        self.stack
-            .pop()
-            .ok_or_else(|| self.error("pop from an empty stack"))
+        self.stack.pop().ok_or_else(|| self.error("pop from an empty stack"))
     }
 
     fn top(&self) -> Result<&Value, PickleError> {
-        self.stack
-            .last()
-            .ok_or_else(|| self.error("the stack is empty"))
+        self.stack.last().ok_or_else(|| self.error("the stack is empty"))
     }
 
     /// The top `n` values (TUPLE1/2/3), which must all lie above the last MARK.
@@ -397,10 +367,7 @@ impl<'a> Machine<'a> {
     }
 
     fn pop_mark(&mut self) -> Result<Vec<Value>, PickleError> {
-        let mark = self
-            .marks
-            .pop()
-            .ok_or_else(|| self.error("no MARK to pop to"))?;
+        let mark = self.marks.pop().ok_or_else(|| self.error("no MARK to pop to"))?;
         if mark > self.stack.len() {
             return Err(self.error("a MARK lies above the stack"));
         }
@@ -465,19 +432,14 @@ impl<'a> Machine<'a> {
     // --- reading operands ---
 
     fn error(&self, reason: impl Into<String>) -> PickleError {
-        PickleError::Malformed {
-            offset: self.op_start,
-            reason: reason.into(),
-        }
+        PickleError::Malformed { offset: self.op_start, reason: reason.into() }
     }
 
     fn read_n(&mut self, n: usize) -> Result<&'a [u8], PickleError> {
         let data: &'a [u8] = self.data;
         let end = self.pos.checked_add(n);
         let Some(bytes) = end.and_then(|end| data.get(self.pos..end)) else {
-            return Err(self.error(format!(
-                "an operand of {n} bytes runs past the end of the pickle (truncated?)"
-            )));
+            return Err(self.error(format!("an operand of {n} bytes runs past the end of the pickle (truncated?)")));
         };
         self.pos += n;
         Ok(bytes)

@@ -1,0 +1,114 @@
+//! `resnet bench`: inference speed and memory, median of timed runs after warm-up.
+
+use std::time::Instant;
+
+use resnet_core::model::seeded::{seed_parameters, seeded_values};
+use resnet_core::{ResNet, Tensor};
+use serde::Serialize;
+
+/// Measure inference latency, throughput and memory.
+///
+/// For each batch size, median latency and images per second over
+/// timed runs after warm-up, and the process's peak resident memory. Weights are seeded
+/// (speed does not depend on their values). Compare with PyTorch using
+/// tools/bench/pytorch_bench.py on the same machine and thread count.
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// Architecture to measure.
+    #[arg(long, default_value = "resnet50")]
+    arch: String,
+    /// Batch sizes, comma-separated.
+    #[arg(long, default_value = "1,16", value_delimiter = ',')]
+    batch: Vec<usize>,
+    /// Input height and width.
+    #[arg(long, default_value_t = 224)]
+    input: usize,
+    /// Untimed runs before measuring.
+    #[arg(long, default_value_t = 2)]
+    warmup: usize,
+    /// Timed runs per batch size (the median is reported).
+    #[arg(long, default_value_t = 10)]
+    iters: usize,
+    /// One JSON object per batch size on stdout (JSON Lines).
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Serialize)]
+struct BenchResult {
+    arch: String,
+    batch: usize,
+    input: usize,
+    threads: usize,
+    iters: usize,
+    latency_ms_median: f64,
+    latency_ms_min: f64,
+    images_per_sec_median: f64,
+    peak_rss_mb: f64,
+}
+
+/// Peak resident set size of this process (VmHWM), in MiB; 0 where /proc is unavailable.
+pub fn peak_rss_mb() -> f64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        .map_or(0.0, |kb| kb / 1024.0)
+}
+
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
+}
+
+pub fn run(args: Args, threads: usize) -> anyhow::Result<()> {
+    if args.iters == 0 || args.batch.contains(&0) {
+        anyhow::bail!("--iters and every --batch size must be at least 1");
+    }
+    if args.input < 32 {
+        anyhow::bail!("--input {} is too small; use at least 32", args.input);
+    }
+    let mut model = ResNet::from_name(&args.arch, 1000)?;
+    seed_parameters(&mut model, 0);
+    for &batch in &args.batch {
+        let s = args.input;
+        let x = Tensor::nchw_to_nhwc([batch, 3, s, s], &seeded_values(1, batch * 3 * s * s, -2.0, 2.0));
+        for _ in 0..args.warmup {
+            model.forward(&x)?;
+        }
+        let mut times = Vec::with_capacity(args.iters);
+        for _ in 0..args.iters {
+            let t = Instant::now();
+            std::hint::black_box(model.forward(&x)?);
+            times.push(t.elapsed().as_secs_f64() * 1e3);
+        }
+        let min = times.iter().copied().fold(f64::INFINITY, f64::min);
+        let med = median(&mut times);
+        let r = BenchResult {
+            arch: args.arch.clone(),
+            batch,
+            input: s,
+            threads,
+            iters: args.iters,
+            latency_ms_median: med,
+            latency_ms_min: min,
+            images_per_sec_median: batch as f64 * 1e3 / med,
+            peak_rss_mb: peak_rss_mb(),
+        };
+        if args.json {
+            crate::output::emit(&format!("{}\n", serde_json::to_string(&r)?))?;
+        } else {
+            crate::output::emit(&format!(
+                "{} batch {:>3} @{}px, {} threads: median {:8.2} ms (min {:8.2}), {:7.2} images/s, peak RSS {:.0} MB\n",
+                r.arch, batch, s, threads, med, min, r.images_per_sec_median, r.peak_rss_mb
+            ))?;
+        }
+    }
+    Ok(())
+}
