@@ -35,6 +35,7 @@ pub fn decode_image(path: &Path, max_pixels: u64) -> Result<RgbImage8, DataError
 /// * GIF: the first frame only, drawn on the logical screen (enlarged if the frame sticks out),
 ///   with uncovered pixels set to the frame's transparent index (else index 0), then looked up
 ///   in the palette; indices beyond the palette are black;
+/// * 16-bit BMPs: channels widened as Pillow does (`v * 255 / 31`, rounded down);
 /// * EXIF orientation and ICC profiles are ignored, as Pillow's `open` + `convert` ignore them.
 ///
 /// JPEG: decoded by libjpeg-turbo-rs, a Rust port of the libjpeg-turbo that Pillow links, with
@@ -85,10 +86,15 @@ fn decode_checked(bytes: &[u8], path: &Path, max_pixels: u64) -> Result<RgbImage
     // Only a 16-bit *grey* PNG (colour type 0) is clipped; the image crate reports one with a
     // tRNS chunk as grey+alpha, which is otherwise shifted, so consult the header.
     let png_grey16 = format == ImageFormat::Png && png_colour_type(bytes) == Some(0);
-    let pixels = to_rgb8(image, png_grey16).ok_or_else(|| DataError::UnsupportedImage {
+    let mut pixels = to_rgb8(image, png_grey16).ok_or_else(|| DataError::UnsupportedImage {
         path: path.to_path_buf(),
         detail: "unexpected colour type from the decoder".into(),
     })?;
+    if format == ImageFormat::Bmp {
+        if let Some(green_bits) = bmp16_green_bits(bytes) {
+            rescale_bmp16_like_pillow(&mut pixels, green_bits);
+        }
+    }
     Ok(RgbImage8 {
         width,
         height,
@@ -135,6 +141,39 @@ fn check_pixel_budget(
 /// Colour type byte of a PNG's IHDR chunk, which always directly follows the signature.
 fn png_colour_type(bytes: &[u8]) -> Option<u8> {
     (bytes.get(12..16) == Some(b"IHDR")).then(|| bytes.get(25).copied())?
+}
+
+/// For a 16-bit-per-pixel BMP in one of the two layouts Pillow reads (5-5-5, or 5-6-5 given
+/// by bit masks), the number of green bits; `None` for every other BMP.
+fn bmp16_green_bits(bytes: &[u8]) -> Option<u32> {
+    let u16_at = |at: usize| Some(u16::from_le_bytes(bytes.get(at..at + 2)?.try_into().ok()?));
+    let u32_at = |at: usize| Some(u32::from_le_bytes(bytes.get(at..at + 4)?.try_into().ok()?));
+    // File header (14 bytes), then an info header of at least 40 bytes: bits per pixel at
+    // offset 28, compression at 30; BI_BITFIELDS masks (R, G, B) follow at 54.
+    if u32_at(14)? < 40 || u16_at(28)? != 16 {
+        return None;
+    }
+    match (u32_at(30)?, u32_at(54), u32_at(58), u32_at(62)) {
+        (0, ..) => Some(5), // BI_RGB: 5-5-5
+        (3, Some(0x7C00), Some(0x03E0), Some(0x001F)) => Some(5),
+        (3, Some(0xF800), Some(0x07E0), Some(0x001F)) => Some(6),
+        _ => None,
+    }
+}
+
+/// Pillow widens an n-bit BMP channel value v to `v * 255 / (2^n - 1)` rounded down; the image
+/// crate rounds to nearest. Its mapping is one-to-one, so recover v and redo the widening.
+fn rescale_bmp16_like_pillow(pixels: &mut [u8], green_bits: u32) {
+    let rescale = |value: u8, bits: u32| {
+        let max = (1u32 << bits) - 1;
+        let original = (u32::from(value) * max + 127) / 255;
+        (original * 255 / max) as u8
+    };
+    for pixel in pixels.chunks_exact_mut(3) {
+        pixel[0] = rescale(pixel[0], 5);
+        pixel[1] = rescale(pixel[1], green_bits);
+        pixel[2] = rescale(pixel[2], 5);
+    }
 }
 
 /// Converts any 8 or 16-bit decoder output to interleaved RGB bytes (rules: see

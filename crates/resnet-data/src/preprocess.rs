@@ -1,8 +1,8 @@
 //! torchvision's `Resize -> CenterCrop -> ToTensor -> Normalize` on an 8-bit RGB image.
 
-use std::borrow::Cow;
+use std::ops::Range;
 
-use crate::resample::resize_bilinear;
+use crate::resample::resize_bilinear_window;
 use crate::RgbImage8;
 
 /// ImageNet per-channel mean (RGB), as used by torchvision's pretrained models.
@@ -73,13 +73,7 @@ pub fn preprocess(image: &RgbImage8, params: &Preprocess) -> Vec<f32> {
     );
 
     let (width, height) = resized_size(image.width, image.height, params.resize);
-    // torchvision returns the image untouched when it already has the target size.
-    let resized = if (width, height) == (image.width, image.height) {
-        Cow::Borrowed(image)
-    } else {
-        Cow::Owned(resize_bilinear(image, width, height))
-    };
-    let cropped = center_crop(&resized, params.crop);
+    let cropped = resize_and_crop(image, width, height, params.crop as usize);
 
     let mut out = Vec::with_capacity(cropped.len());
     for pixel in cropped.chunks_exact(3) {
@@ -109,30 +103,52 @@ fn resized_size(width: u32, height: u32, size: u32) -> (u32, u32) {
     }
 }
 
-/// torchvision's `CenterCrop(crop)`: pads with black (split as `d // 2` before and
-/// `(d + 1) // 2` after) along any side shorter than `crop`, then takes the crop whose offset
-/// is `round((side - crop) / 2)` with Python's round-half-to-even. Returns RGB bytes.
-fn center_crop(image: &RgbImage8, crop: u32) -> Vec<u8> {
-    let (width, height, crop) = (image.width as usize, image.height as usize, crop as usize);
-    let pad_left = crop.saturating_sub(width) / 2;
-    let pad_top = crop.saturating_sub(height) / 2;
-    let left = round_half_to_even_half(width.max(crop) - crop);
-    let top = round_half_to_even_half(height.max(crop) - crop);
+/// `Resize` to `width` x `height` followed by torchvision's `CenterCrop(crop)`, returning the
+/// `crop` x `crop` RGB bytes. Only the resized pixels that survive the crop are computed, which
+/// gives the same values (see `resize_bilinear_window`) and bounds the work even when a thin
+/// image is upscaled to an enormous size. Resizing to the image's own size is a plain copy,
+/// matching torchvision, which skips `Resize` then.
+fn resize_and_crop(image: &RgbImage8, width: u32, height: u32, crop: usize) -> Vec<u8> {
+    let x = AxisCrop::new(width as usize, crop);
+    let y = AxisCrop::new(height as usize, crop);
+    let window = resize_bilinear_window(image, width, height, x.source.clone(), y.source.clone());
 
-    let mut out = vec![0u8; crop * crop * 3];
-    for (out_y, out_row) in out.chunks_exact_mut(crop * 3).enumerate() {
-        // Coordinates in the padded image, then in the original one.
-        let Some(y) = (top + out_y).checked_sub(pad_top).filter(|&y| y < height) else {
-            continue; // padding row: stays black
-        };
-        for (out_x, out_pixel) in out_row.chunks_exact_mut(3).enumerate() {
-            if let Some(x) = (left + out_x).checked_sub(pad_left).filter(|&x| x < width) {
-                let src = (y * width + x) * 3;
-                out_pixel.copy_from_slice(&image.pixels[src..src + 3]);
+    let mut out = vec![0u8; crop * crop * 3]; // padding is black
+    let window_row_len = x.source.len() * 3;
+    for (row, window_row) in window.pixels.chunks_exact(window_row_len).enumerate() {
+        let start = ((y.dest_start + row) * crop + x.dest_start) * 3;
+        out[start..start + window_row_len].copy_from_slice(window_row);
+    }
+    out
+}
+
+/// Where the resized pixels along one axis go in torchvision's `CenterCrop`.
+///
+/// A side shorter than the crop is padded with black, `d // 2` before and `(d + 1) // 2`
+/// after (d = crop - side), and kept whole. A longer side is cut starting at
+/// `round((side - crop) / 2)`, with Python's round-half-to-even.
+struct AxisCrop {
+    /// The resized pixels that land in the crop.
+    source: Range<usize>,
+    /// Position of the first of them in the crop.
+    dest_start: usize,
+}
+
+impl AxisCrop {
+    fn new(side: usize, crop: usize) -> Self {
+        if crop > side {
+            AxisCrop {
+                source: 0..side,
+                dest_start: (crop - side) / 2,
+            }
+        } else {
+            let start = round_half_to_even_half(side - crop);
+            AxisCrop {
+                source: start..start + crop,
+                dest_start: 0,
             }
         }
     }
-    out
 }
 
 /// `int(round(n / 2.0))` in Python: halves round to the even neighbour.
@@ -187,8 +203,20 @@ mod tests {
             height: 2,
             pixels: vec![1, 1, 1, 2, 2, 2],
         };
-        let out = center_crop(&image, 4);
+        let out = resize_and_crop(&image, 1, 2, 4);
         let grey: Vec<u8> = out.chunks_exact(3).map(|p| p[0]).collect();
         assert_eq!(grey, [0, 0, 0, 0, 0, 1, 0, 0, 0, 2, 0, 0, 0, 0, 0, 0]);
+    }
+
+    #[test]
+    fn thin_images_do_not_materialise_the_whole_upscaled_image() {
+        // 1 x 20000 resizes to 256 x 5,120,000 (about 4 GB of RGB); only the crop is computed.
+        let image = RgbImage8 {
+            width: 1,
+            height: 20_000,
+            pixels: (0..20_000u32).flat_map(|y| [(y % 256) as u8; 3]).collect(),
+        };
+        let out = preprocess(&image, &Preprocess::imagenet());
+        assert_eq!(out.len(), 224 * 224 * 3);
     }
 }

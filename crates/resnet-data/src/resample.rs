@@ -5,12 +5,11 @@
 //! way textbook bilinear does: it convolves with a triangle filter whose width grows with the
 //! downscale factor, which antialiases. The resize is separable: a horizontal pass produces an
 //! intermediate 8-bit image (rounded and clipped), then a vertical pass produces the output
-//! (Pillow 13 swaps the order for some size changes; see `resize_bilinear`).
+//! (Pillow 13 swaps the order for some size changes; see `resize_bilinear_window`).
 //! Filter weights are computed in `f64`, normalised per output pixel, then turned into 22-bit
 //! fixed point; accumulation is integer. Every rounding step below follows Pillow's order so
 //! the results are identical, not merely close.
 
-use std::borrow::Cow;
 use std::ops::Range;
 
 use crate::RgbImage8;
@@ -19,7 +18,8 @@ use crate::RgbImage8;
 /// for overflow of filters with negative lobes out of a 32-bit accumulator.
 const PRECISION_BITS: u32 = 32 - 8 - 2;
 
-/// For one axis, the input span and weights contributing to each output position.
+/// For one axis, the input span and weights contributing to each output position of a
+/// contiguous range of output positions (indices below are relative to that range).
 struct AxisWeights {
     /// First input index used by each output position.
     first: Vec<usize>,
@@ -31,6 +31,16 @@ struct AxisWeights {
 }
 
 impl AxisWeights {
+    fn len(&self) -> usize {
+        self.first.len()
+    }
+
+    /// Input span (start, exclusive end) read by all the output positions together.
+    fn input_span(&self) -> Range<usize> {
+        let last = self.len() - 1;
+        self.first[0]..self.first[last] + self.count[last]
+    }
+
     fn taps(&self, out_index: usize) -> (usize, &[i32]) {
         let start = out_index * self.stride;
         (
@@ -51,8 +61,8 @@ fn triangle(x: f64) -> f64 {
 }
 
 /// Weights for resampling an axis of `in_size` pixels to `out_size` pixels over the whole
-/// input (Pillow's box `(0, in_size)`).
-fn axis_weights(in_size: usize, out_size: usize) -> AxisWeights {
+/// input (Pillow's box `(0, in_size)`), for the output positions in `outputs` only.
+fn axis_weights(in_size: usize, out_size: usize, outputs: Range<usize>) -> AxisWeights {
     // Pillow's box coordinates are C floats; converting through f32 keeps that rounding for
     // sizes above 2^24.
     let scale = f64::from(in_size as f32) / out_size as f64;
@@ -62,11 +72,11 @@ fn axis_weights(in_size: usize, out_size: usize) -> AxisWeights {
     let inv_filter_scale = 1.0 / filter_scale;
     let stride = support.ceil() as usize * 2 + 1;
 
-    let mut first = Vec::with_capacity(out_size);
-    let mut count = Vec::with_capacity(out_size);
-    let mut weights = vec![0i32; out_size * stride];
+    let mut first = Vec::with_capacity(outputs.len());
+    let mut count = Vec::with_capacity(outputs.len());
+    let mut weights = vec![0i32; outputs.len() * stride];
     let mut float_weights = Vec::with_capacity(stride);
-    for out_index in 0..out_size {
+    for (slot, out_index) in outputs.enumerate() {
         let centre = (out_index as f64 + 0.5) * scale;
         // `as` truncates toward zero like C's (int) cast; negative starts clamp to 0 anyway.
         let start = ((centre - support + 0.5) as i64).max(0) as usize;
@@ -80,7 +90,7 @@ fn axis_weights(in_size: usize, out_size: usize) -> AxisWeights {
             float_weights.push(w);
             total += w;
         }
-        let row = &mut weights[out_index * stride..][..taps];
+        let row = &mut weights[slot * stride..][..taps];
         for (fixed, &w) in row.iter_mut().zip(&float_weights) {
             let w = if total != 0.0 { w / total } else { w };
             *fixed = to_fixed_point(w);
@@ -113,16 +123,26 @@ fn accumulator_to_u8(acc: i32) -> u8 {
 
 const ROUNDING_HALF: i32 = 1 << (PRECISION_BITS - 1);
 
-/// Resizes `image` to `out_width` x `out_height` exactly like Pillow's BILINEAR `resize`.
+/// Resizes `image` to `out_width` x `out_height` exactly like Pillow's BILINEAR `resize`, but
+/// computes only the window `cols` x `rows` of the result (every output pixel depends only on
+/// its own filter window, so the window equals the same region of the full resize).
 ///
-/// Both output dimensions must be non-zero and the image must be non-empty.
-pub(crate) fn resize_bilinear(image: &RgbImage8, out_width: u32, out_height: u32) -> RgbImage8 {
+/// Returns the window as an image of `cols.len()` x `rows.len()` pixels. The ranges must be
+/// non-empty and inside the output size; the input must be non-empty.
+pub(crate) fn resize_bilinear_window(
+    image: &RgbImage8,
+    out_width: u32,
+    out_height: u32,
+    cols: Range<usize>,
+    rows: Range<usize>,
+) -> RgbImage8 {
     let (in_w, in_h) = (image.width as usize, image.height as usize);
     let (out_w, out_h) = (out_width as usize, out_height as usize);
-    // Like Pillow, skip a pass whose axis keeps its size; an unchanged axis would otherwise be
-    // an identity convolution anyway.
+    assert!(!cols.is_empty() && cols.end <= out_w && !rows.is_empty() && rows.end <= out_h);
+    // Like Pillow, skip a pass whose axis keeps its size.
     let resize_horizontally = out_w != in_w;
     let resize_vertically = out_h != in_h;
+    let in_row_len = in_w * 3;
 
     // Pillow 13 runs the vertical pass first when the height shrinks by more than twice as
     // many pixels as the width does (a speed choice that changes the intermediate rounding,
@@ -132,47 +152,53 @@ pub(crate) fn resize_bilinear(image: &RgbImage8, out_width: u32, out_height: u32
     let vertical_first = height_loss > 0 && height_loss > 2 * width_loss;
 
     let pixels = if vertical_first {
-        let rows = if resize_vertically {
-            let weights = axis_weights(in_h, out_h);
-            Cow::Owned(vertical_pass(&image.pixels, in_w * 3, 0, &weights, out_h))
-        } else {
-            Cow::Borrowed(&image.pixels[..])
-        };
+        let vertical = axis_weights(in_h, out_h, rows.clone());
         if resize_horizontally {
-            horizontal_pass(&rows, in_w, 0..out_h, out_w)
+            let all_cols = vertical_pass(&image.pixels, in_row_len, 0..in_w, 0, &vertical);
+            let horizontal = axis_weights(in_w, out_w, cols.clone());
+            horizontal_pass(&all_cols, in_w, 0..rows.len(), &horizontal)
         } else {
-            rows.into_owned()
+            vertical_pass(&image.pixels, in_row_len, cols.clone(), 0, &vertical)
         }
-    } else {
-        let vertical = axis_weights(in_h, out_h);
-        // The horizontal pass only needs the input rows the vertical pass will read.
-        let first_row = vertical.first[0];
-        let end_row = vertical.first[out_h - 1] + vertical.count[out_h - 1];
-        let (rows, row_offset) = if resize_horizontally {
-            let rows = horizontal_pass(&image.pixels, in_w, first_row..end_row, out_w);
-            (Cow::Owned(rows), first_row)
-        } else {
-            (Cow::Borrowed(&image.pixels[..]), 0)
-        };
+    } else if resize_horizontally {
+        let horizontal = axis_weights(in_w, out_w, cols.clone());
         if resize_vertically {
-            vertical_pass(&rows, out_w * 3, row_offset, &vertical, out_h)
+            // The horizontal pass only needs the input rows the vertical pass will read.
+            let vertical = axis_weights(in_h, out_h, rows.clone());
+            let span = vertical.input_span();
+            let needed_rows = horizontal_pass(&image.pixels, in_w, span.clone(), &horizontal);
+            let row_len = cols.len() * 3;
+            vertical_pass(&needed_rows, row_len, 0..cols.len(), span.start, &vertical)
         } else {
-            // Heights equal: the row span above is then all rows.
-            rows.into_owned()
+            horizontal_pass(&image.pixels, in_w, rows.clone(), &horizontal)
         }
+    } else if resize_vertically {
+        let vertical = axis_weights(in_h, out_h, rows.clone());
+        vertical_pass(&image.pixels, in_row_len, cols.clone(), 0, &vertical)
+    } else {
+        rows.clone()
+            .flat_map(|y| &image.pixels[(y * in_w + cols.start) * 3..(y * in_w + cols.end) * 3])
+            .copied()
+            .collect()
     };
     RgbImage8 {
-        width: out_width,
-        height: out_height,
+        width: cols.len() as u32,
+        height: rows.len() as u32,
         pixels,
     }
 }
 
-/// Resamples rows `rows` of an RGB image `in_w` pixels wide to `out_w` pixels wide.
-fn horizontal_pass(pixels: &[u8], in_w: usize, rows: Range<usize>, out_w: usize) -> Vec<u8> {
-    let weights = axis_weights(in_w, out_w);
-    let mut out = vec![0u8; rows.len() * out_w * 3];
-    for (out_row, y) in out.chunks_exact_mut(out_w * 3).zip(rows) {
+/// Resamples input rows `rows` of an RGB image `in_w` pixels wide to the output columns that
+/// `weights` describes.
+fn horizontal_pass(
+    pixels: &[u8],
+    in_w: usize,
+    rows: Range<usize>,
+    weights: &AxisWeights,
+) -> Vec<u8> {
+    let out_row_len = weights.len() * 3;
+    let mut out = vec![0u8; rows.len() * out_row_len];
+    for (out_row, y) in out.chunks_exact_mut(out_row_len).zip(rows) {
         let in_row = &pixels[y * in_w * 3..][..in_w * 3];
         for (x, out_pixel) in out_row.chunks_exact_mut(3).enumerate() {
             let (start, taps) = weights.taps(x);
@@ -190,24 +216,27 @@ fn horizontal_pass(pixels: &[u8], in_w: usize, rows: Range<usize>, out_w: usize)
     out
 }
 
-/// Resamples columns to `out_h` rows. `pixels` holds rows of `row_len` bytes starting at input
-/// row `row_offset` (the horizontal pass may have produced only the rows that are needed).
+/// Resamples columns `cols` of an RGB image to the output rows that `weights` describes.
+/// `pixels` holds rows of `row_len` bytes, the first being input row `row_offset` (the
+/// horizontal pass may have produced only the rows that are needed).
 fn vertical_pass(
     pixels: &[u8],
     row_len: usize,
+    cols: Range<usize>,
     row_offset: usize,
     weights: &AxisWeights,
-    out_h: usize,
 ) -> Vec<u8> {
-    let mut out = vec![0u8; out_h * row_len];
-    let mut acc = vec![0i32; row_len];
-    for (y, out_row) in out.chunks_exact_mut(row_len).enumerate() {
+    let bytes = cols.start * 3..cols.end * 3;
+    let out_row_len = bytes.len();
+    let mut out = vec![0u8; weights.len() * out_row_len];
+    let mut acc = vec![0i32; out_row_len];
+    for (y, out_row) in out.chunks_exact_mut(out_row_len).enumerate() {
         let (start, taps) = weights.taps(y);
         acc.fill(ROUNDING_HALF);
         // Integer accumulation is exact, so summing tap by tap over a whole row gives the
         // same result as Pillow's pixel-by-pixel loop while reading memory sequentially.
         for (tap, &w) in taps.iter().enumerate() {
-            let in_row = &pixels[(start + tap - row_offset) * row_len..][..row_len];
+            let in_row = &pixels[(start + tap - row_offset) * row_len..][bytes.clone()];
             for (a, &v) in acc.iter_mut().zip(in_row) {
                 *a += i32::from(v) * w;
             }
@@ -226,7 +255,7 @@ mod tests {
     #[test]
     fn weights_sum_to_one_in_fixed_point() {
         for (input, output) in [(500, 256), (1000, 341), (20, 256), (3, 7), (7, 3), (1, 5)] {
-            let w = axis_weights(input, output);
+            let w = axis_weights(input, output, 0..output);
             for i in 0..output {
                 let (start, taps) = w.taps(i);
                 assert!(start + taps.len() <= input);
@@ -246,13 +275,39 @@ mod tests {
             height: 11,
             pixels: [9u8, 128, 250].repeat(37 * 11),
         };
-        for (w, h) in [(5, 3), (100, 40), (37, 40), (12, 11), (1, 1)] {
-            let out = resize_bilinear(&image, w, h);
+        for (w, h) in [(5, 3), (100, 40), (37, 40), (12, 11), (1, 1), (37, 11)] {
+            let out = resize_bilinear_window(&image, w, h, 0..w as usize, 0..h as usize);
             assert_eq!(
                 out.pixels,
                 [9u8, 128, 250].repeat((w * h) as usize),
                 "{w}x{h}"
             );
+        }
+    }
+
+    #[test]
+    fn windows_equal_the_same_region_of_the_full_resize() {
+        let (width, height) = (23u32, 17u32);
+        let pixels = (0..width * height * 3)
+            .map(|i| (i * 7919 % 251) as u8)
+            .collect();
+        let image = RgbImage8 {
+            width,
+            height,
+            pixels,
+        };
+        // Shrinking, growing, one axis only, and a shape that takes the vertical-first order.
+        for (w, h) in [(9, 7), (40, 30), (23, 30), (40, 17), (20, 5)] {
+            let full = resize_bilinear_window(&image, w, h, 0..w as usize, 0..h as usize);
+            let (cols, rows) = (2..w as usize - 1, 1..h as usize - 2);
+            let window = resize_bilinear_window(&image, w, h, cols.clone(), rows.clone());
+            let expected: Vec<u8> = rows
+                .flat_map(|y| {
+                    full.pixels[(y * w as usize + cols.start) * 3..(y * w as usize + cols.end) * 3]
+                        .to_vec()
+                })
+                .collect();
+            assert_eq!(window.pixels, expected, "{w}x{h}");
         }
     }
 }

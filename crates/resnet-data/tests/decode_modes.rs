@@ -96,3 +96,66 @@ fn grey8_is_replicated() {
     assert_eq!((image.width, image.height), (3, 2));
     assert_eq!(decode_grey(&file), [0, 7, 255, 1, 2, 3]);
 }
+
+/// A bottom-up 16-bit BMP holding one row of pixels; `masks` selects BI_BITFIELDS.
+fn bmp16(pixels: &[u16], masks: Option<[u32; 3]>) -> Vec<u8> {
+    let mut row: Vec<u8> = pixels.iter().flat_map(|p| p.to_le_bytes()).collect();
+    row.resize(row.len().div_ceil(4) * 4, 0);
+    let extra: Vec<u8> = masks.map_or(Vec::new(), |m| {
+        m.iter().flat_map(|v| v.to_le_bytes()).collect()
+    });
+    let data_offset = 14 + 40 + extra.len() as u32;
+    let mut file = b"BM".to_vec();
+    file.extend((data_offset + row.len() as u32).to_le_bytes());
+    file.extend([0; 4]);
+    file.extend(data_offset.to_le_bytes());
+    file.extend(40u32.to_le_bytes());
+    file.extend((pixels.len() as i32).to_le_bytes());
+    file.extend(1i32.to_le_bytes());
+    file.extend(1u16.to_le_bytes());
+    file.extend(16u16.to_le_bytes());
+    let compression: u32 = if masks.is_some() { 3 } else { 0 }; // BI_BITFIELDS or BI_RGB
+    file.extend(compression.to_le_bytes());
+    file.extend((row.len() as u32).to_le_bytes());
+    file.extend([0; 16]); // resolution and palette counts
+    file.extend(extra);
+    file.extend(row);
+    file
+}
+
+#[test]
+fn sixteen_bit_bmp_channels_are_widened_rounding_down() {
+    // Pillow: v * 255 / 31 (or / 63 for 6-bit green) in integer arithmetic; e.g. 3 -> 24, where
+    // rounding to nearest would give 25.
+    let widen = |v: u16, max: u16| (u32::from(v) * 255 / u32::from(max)) as u8;
+    let values: [u16; 4] = [0, 3, 17, 31];
+    let rgb555: Vec<u16> = values.iter().map(|&v| (v << 10) | (v << 5) | v).collect();
+    let image = decode_image_bytes(
+        &bmp16(&rgb555, None),
+        Path::new("555.bmp"),
+        DEFAULT_MAX_PIXELS,
+    )
+    .unwrap();
+    let expected: Vec<u8> = values.iter().flat_map(|&v| [widen(v, 31); 3]).collect();
+    assert_eq!(image.pixels, expected);
+
+    let greens: [u16; 4] = [0, 1, 11, 63];
+    let rgb565: Vec<u16> = values
+        .iter()
+        .zip(greens)
+        .map(|(&v, g)| (v << 11) | (g << 5) | v)
+        .collect();
+    let masks = Some([0xF800, 0x07E0, 0x001F]);
+    let image = decode_image_bytes(
+        &bmp16(&rgb565, masks),
+        Path::new("565.bmp"),
+        DEFAULT_MAX_PIXELS,
+    )
+    .unwrap();
+    let expected: Vec<u8> = values
+        .iter()
+        .zip(greens)
+        .flat_map(|(&v, g)| [widen(v, 31), widen(g, 63), widen(v, 31)])
+        .collect();
+    assert_eq!(image.pixels, expected);
+}
