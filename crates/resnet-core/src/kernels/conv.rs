@@ -164,7 +164,7 @@ fn grouped_gemm(
 
 /// Fills `patches` (`[rows, KH·KW·C_in/groups]`) with the input windows of output rows
 /// `row0..row0+rows` for channel group `group`; padding reads as zero.
-fn im2col_nhwc(
+pub(crate) fn im2col_nhwc(
     input: &Tensor,
     geom: &Conv2dGeometry,
     (oh, ow): (usize, usize),
