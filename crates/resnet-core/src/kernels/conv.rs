@@ -73,7 +73,7 @@ pub fn conv2d_nhwc(input: &Tensor, weight: &[f32], geom: &Conv2dGeometry, epilog
     let (n, h, w, c_in) = (input.shape[0], input.shape[1], input.shape[2], input.shape[3]);
     assert_eq!(c_in, geom.in_channels);
     assert_eq!(weight.len(), geom.weight_len());
-    assert!(geom.groups > 0 && c_in % geom.groups == 0 && geom.out_channels % geom.groups == 0);
+    assert!(geom.groups > 0 && c_in.is_multiple_of(geom.groups) && geom.out_channels.is_multiple_of(geom.groups));
     let (oh, ow) = geom.output_hw(h, w);
     let c_out = geom.out_channels;
     let rows = n * oh * ow;

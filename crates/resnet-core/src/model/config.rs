@@ -120,7 +120,7 @@ impl ResNetConfig {
         let block = if sd.contains("layer1.0.conv3.weight") { BlockKind::Bottleneck } else { BlockKind::Basic };
         let conv2 = sd.get("layer1.0.conv2.weight")?;
         let (width, per_group) = (*conv2.shape.first()?, *conv2.shape.get(1)?);
-        let groups = if per_group == 0 { return None } else { width / per_group };
+        let groups = width.checked_div(per_group)?;
         let width_per_group = if block == BlockKind::Basic { 64 } else { width / groups.max(1) };
         let num_classes = *sd.get("fc.weight")?.shape.first()?;
         let in_channels = *sd.get("conv1.weight")?.shape.get(1)?;

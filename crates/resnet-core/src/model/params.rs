@@ -217,7 +217,8 @@ mod tests {
         let torch: Vec<f32> = (0..24).map(|v| v as f32).collect();
         p.set_from_torch_order(&torch);
         // out 0, y 0, x 1, in 2 -> torch index ((0*3+2)*2+0)*2+1 = 9
-        assert_eq!(p.data[(1) * 3 + 2], 9.0);
+        // OHWI index of (o 0, y 0, x 1, i 2) = (x 1) * 3 + (i 2)
+        assert_eq!(p.data[3 + 2], 9.0);
         assert_eq!(p.to_torch_order(), torch);
     }
 }
