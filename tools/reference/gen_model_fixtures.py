@@ -18,12 +18,16 @@ from safetensors.torch import save_file
 
 sys.path.insert(0, os.path.dirname(__file__))
 from prng import SplitMix64, uniform_fast, value_range  # noqa: E402
+import cifar_resnet  # noqa: E402
 
 OUT = os.path.join(os.path.dirname(__file__), "fixtures", "models")
 WEIGHT_SEED = 20161210
 INPUT_SEED = 7
 BATCH, SIZE = 2, 128
 ARCHS = ["resnet18", "resnet50", "resnext50_32x4d", "wide_resnet50_2"]
+# The paper's CIFAR nets (tools/reference/cifar_resnet.py) on 32x32 inputs.
+CIFAR_ARCHS = ["resnet20", "resnet20-b", "plain20"]
+CIFAR_SIZE = 32
 
 
 def seeded_state_dict(model, seed):
@@ -49,16 +53,20 @@ def main():
     os.makedirs(OUT, exist_ok=True)
     torch.set_num_threads(2)
     meta = {"weight_seed": WEIGHT_SEED, "input_seed": INPUT_SEED, "input_shape": [BATCH, 3, SIZE, SIZE],
+            "cifar_input_shape": [BATCH, 3, CIFAR_SIZE, CIFAR_SIZE],
             "input_range": [-2.0, 2.0], "torch": torch.__version__, "torchvision": torchvision.__version__,
             "archs": {}}
-    x = seeded_input(INPUT_SEED, (BATCH, 3, SIZE, SIZE))
-    for arch in ARCHS:
-        model = torchvision.models.get_model(arch, weights=None)
+    for arch in ARCHS + CIFAR_ARCHS:
+        cifar = arch in CIFAR_ARCHS
+        size = CIFAR_SIZE if cifar else SIZE
+        x = seeded_input(INPUT_SEED, (BATCH, 3, size, size))
+        model = cifar_resnet.get_model(arch) if cifar else torchvision.models.get_model(arch, weights=None)
         model.load_state_dict(seeded_state_dict(model, WEIGHT_SEED))
         model.eval()
         stages = {}
+        n_stages = 3 if cifar else 4
         hooks = [getattr(model, f"layer{k}").register_forward_hook(
-            lambda m, i, o, k=k: stages.__setitem__(k, o.detach().clone())) for k in range(1, 5)]
+            lambda m, i, o, k=k: stages.__setitem__(k, o.detach().clone())) for k in range(1, n_stages + 1)]
         pooled = {}
         hooks.append(model.avgpool.register_forward_hook(
             lambda m, i, o: pooled.__setitem__("pool", torch.flatten(o, 1).detach().clone())))
@@ -78,7 +86,7 @@ def main():
             "top5": logits.topk(5, dim=1).indices.tolist(),
         }
         print(arch, "params", params, "max|logit|", float(logits.abs().max()),
-              "stage mean|x|", [round(float(stages[k].abs().mean()), 3) for k in range(1, 5)])
+              "stage mean|x|", [round(float(stages[k].abs().mean()), 3) for k in range(1, n_stages + 1)])
     with open(os.path.join(OUT, "meta.json"), "w") as f:
         json.dump(meta, f, indent=1)
 

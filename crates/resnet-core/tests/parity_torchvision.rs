@@ -11,8 +11,8 @@
 use std::path::PathBuf;
 
 use resnet_core::model::seeded::{seed_parameters, seeded_values};
-use resnet_core::model::FeatureLayer;
-use resnet_core::{ResNet, Tensor};
+use resnet_core::model::{FeatureLayer, Shortcut};
+use resnet_core::{ResNet, ResNetConfig, Tensor};
 
 const WEIGHT_SEED: u64 = 20161210;
 const INPUT_SEED: u64 = 7;
@@ -44,11 +44,16 @@ fn top5(row: &[f32]) -> Vec<usize> {
 }
 
 fn check(arch: &str) {
+    check_config(arch, ResNetConfig::from_name(arch).unwrap(), SIZE);
+}
+
+fn check_config(arch: &str, config: ResNetConfig, size: usize) {
     let st = read_fixture(arch);
-    let mut model = ResNet::from_name(arch, 1000).unwrap();
+    let classes = config.num_classes;
+    let mut model = ResNet::new(config).unwrap();
     seed_parameters(&mut model, WEIGHT_SEED);
-    let nchw = seeded_values(INPUT_SEED, BATCH * 3 * SIZE * SIZE, -2.0, 2.0);
-    let x = Tensor::nchw_to_nhwc([BATCH, 3, SIZE, SIZE], &nchw);
+    let nchw = seeded_values(INPUT_SEED, BATCH * 3 * size * size, -2.0, 2.0);
+    let x = Tensor::nchw_to_nhwc([BATCH, 3, size, size], &nchw);
     let f = model.forward_features(&x, FeatureLayer::Logits).unwrap();
 
     for (k, stage) in f.layers.iter().enumerate() {
@@ -70,7 +75,7 @@ fn check(arch: &str) {
     eprintln!("{arch}: logits max |diff| {d_logits:.2e} (max |logit| {scale:.2}); pool max |diff| {d_pool:.2e} (max {pool_scale:.2})");
     assert!(d_logits <= 1e-4, "{arch}: logits differ by {d_logits}");
     assert!(d_pool <= 1e-4, "{arch}: pooled features differ by {d_pool}");
-    for (ours, theirs) in logits.chunks(1000).zip(logits_ref.chunks(1000)) {
+    for (ours, theirs) in logits.chunks(classes).zip(logits_ref.chunks(classes)) {
         assert_eq!(top5(ours), top5(theirs), "{arch}: top-5 differs");
     }
 }
@@ -93,4 +98,29 @@ fn resnext50_32x4d_equals_torchvision() {
 #[test]
 fn wide_resnet50_2_equals_torchvision() {
     check("wide_resnet50_2");
+}
+
+#[test]
+fn cifar_resnet20_option_a_equals_reference() {
+    check_config("resnet20", ResNetConfig::from_name("resnet20").unwrap(), 32);
+}
+
+#[test]
+fn cifar_resnet20_option_b_equals_reference() {
+    let config = ResNetConfig::from_name("resnet20").unwrap().with_shortcut(Shortcut::Projection);
+    check_config("resnet20-b", config, 32);
+}
+
+#[test]
+fn cifar_plain20_equals_reference() {
+    check_config("plain20", ResNetConfig::from_name("plain20").unwrap(), 32);
+}
+
+#[test]
+fn cifar_parameter_counts_equal_reference() {
+    // From tools/reference/cifar_resnet.py (the paper's table 6: 0.27M for ResNet-20).
+    assert_eq!(ResNet::from_name("resnet20", 10).unwrap().parameter_count(), 269_722);
+    assert_eq!(ResNet::from_name("plain20", 10).unwrap().parameter_count(), 269_722);
+    let b = ResNetConfig::from_name("resnet20").unwrap().with_shortcut(Shortcut::Projection);
+    assert_eq!(ResNet::new(b).unwrap().parameter_count(), 272_474);
 }

@@ -5,6 +5,7 @@ pub mod conv;
 pub mod elementwise;
 pub mod matmul;
 pub mod pool;
+pub mod shortcut;
 
 pub use conv::{conv2d_nhwc, Conv2dGeometry, Epilogue};
 pub use matmul::{matmul, MatMul};

@@ -8,7 +8,7 @@ mod resnet;
 pub mod seeded;
 pub mod summary;
 
-pub use config::{BlockKind, ModelError, ResNetConfig, ARCHITECTURES};
+pub use config::{BlockKind, ModelError, ResNetConfig, Shortcut, Stem, ARCHITECTURES, CIFAR_DEPTHS};
 pub use layers::{BatchNorm2d, Conv2d, Linear};
 pub use params::{Param, ParamKind};
 pub use resnet::{Block, FeatureLayer, Features, ResNet};

@@ -1,25 +1,49 @@
 //! The ResNet: stem, four stages of residual blocks, pooling and a linear head, with
 //! torchvision's structure and parameter names.
 
-use super::config::{BlockKind, ModelError, ResNetConfig};
+use super::config::{BlockKind, ModelError, ResNetConfig, Shortcut, Stem};
 use super::layers::{ConvBn, Linear};
 use super::params::{self, join, LoadReport, Param, Parameterized};
+use crate::kernels::shortcut::subsample_zero_pad_nhwc;
 use crate::kernels::{global_avg_pool_nhwc, max_pool2d_nhwc};
 use crate::tensor::Tensor;
 use crate::weights::{StateDict, WeightsError};
 
+/// What a block adds to its branch's output.
+#[derive(Clone, Debug)]
+pub enum ShortcutPath {
+    Identity,
+    /// torchvision's `downsample`: strided 1x1 conv + BN (option B).
+    Projection(ConvBn),
+    /// Option A: sample every `stride`-th pixel, zero-pad channels `before`/`after`.
+    ZeroPad {
+        stride: usize,
+        before: usize,
+        after: usize,
+    },
+    /// Plain networks: nothing is added.
+    None,
+}
+
 /// A residual block, `y = relu(F(x) + shortcut(x))`. The convs of `F` are `convs[0..]`
-/// (conv1/bn1, conv2/bn2, and conv3/bn3 for a bottleneck); the shortcut is the identity
-/// unless the block changes size, then a strided 1x1 conv + BN (`downsample`).
+/// (conv1/bn1, conv2/bn2, and conv3/bn3 for a bottleneck).
 #[derive(Clone, Debug)]
 pub struct Block {
     pub kind: BlockKind,
     pub convs: Vec<ConvBn>,
-    pub downsample: Option<ConvBn>,
+    pub shortcut: ShortcutPath,
 }
 
 impl Block {
-    fn new(kind: BlockKind, in_c: usize, planes: usize, stride: usize, groups: usize, width_per_group: usize) -> Block {
+    fn new(
+        kind: BlockKind,
+        shortcut: Shortcut,
+        in_c: usize,
+        planes: usize,
+        stride: usize,
+        groups: usize,
+        width_per_group: usize,
+    ) -> Block {
         let out_c = planes * kind.expansion();
         let convs = match kind {
             BlockKind::Basic => {
@@ -35,20 +59,46 @@ impl Block {
                 ]
             }
         };
-        let downsample = (stride != 1 || in_c != out_c).then(|| ConvBn::new(in_c, out_c, 1, stride, 0, 1));
-        Block { kind, convs, downsample }
+        let reshapes = stride != 1 || in_c != out_c;
+        let shortcut = match shortcut {
+            Shortcut::None => ShortcutPath::None,
+            _ if !reshapes => ShortcutPath::Identity,
+            Shortcut::Projection => ShortcutPath::Projection(ConvBn::new(in_c, out_c, 1, stride, 0, 1)),
+            Shortcut::ZeroPad => {
+                let extra = out_c.saturating_sub(in_c);
+                ShortcutPath::ZeroPad { stride, before: extra / 2, after: extra - extra / 2 }
+            }
+        };
+        Block { kind, convs, shortcut }
+    }
+
+    /// The projection conv + BN, if this block has one (torchvision's `downsample`).
+    pub fn downsample(&self) -> Option<&ConvBn> {
+        match &self.shortcut {
+            ShortcutPath::Projection(d) => Some(d),
+            _ => None,
+        }
     }
 
     /// Eval-mode forward. The last conv's epilogue adds the shortcut and applies the ReLU.
     pub fn forward_eval(&self, x: &Tensor) -> Tensor {
-        let shortcut_owned = self.downsample.as_ref().map(|d| d.forward_eval(x, None, false));
-        let shortcut = shortcut_owned.as_ref().unwrap_or(x);
-        let (last, inner) = self.convs.split_last().expect("a block has at least two convs");
-        let mut h = inner[0].forward_eval(x, None, true);
-        for c in &inner[1..] {
-            h = c.forward_eval(&h, None, true);
+        let shortcut_owned = match &self.shortcut {
+            ShortcutPath::Projection(d) => Some(d.forward_eval(x, None, false)),
+            ShortcutPath::ZeroPad { stride, before, after } => {
+                Some(subsample_zero_pad_nhwc(x, *stride, *before, *after))
+            }
+            ShortcutPath::Identity | ShortcutPath::None => None,
+        };
+        let shortcut = match &self.shortcut {
+            ShortcutPath::None => None,
+            _ => Some(shortcut_owned.as_ref().unwrap_or(x)),
+        };
+        let mut h = x.clone();
+        let last = self.convs.len() - 1;
+        for (i, c) in self.convs.iter().enumerate() {
+            h = if i == last { c.forward_eval(&h, shortcut, true) } else { c.forward_eval(&h, None, true) };
         }
-        last.forward_eval(&h, Some(shortcut), true)
+        h
     }
 }
 
@@ -58,7 +108,7 @@ impl Parameterized for Block {
             c.conv.visit(&join(prefix, &format!("conv{}", i + 1)), f);
             c.bn.visit(&join(prefix, &format!("bn{}", i + 1)), f);
         }
-        if let Some(d) = &self.downsample {
+        if let ShortcutPath::Projection(d) = &self.shortcut {
             d.visit(&join(prefix, "downsample"), f);
         }
     }
@@ -67,7 +117,7 @@ impl Parameterized for Block {
             c.conv.visit_mut(&join(prefix, &format!("conv{}", i + 1)), f);
             c.bn.visit_mut(&join(prefix, &format!("bn{}", i + 1)), f);
         }
-        if let Some(d) = &mut self.downsample {
+        if let ShortcutPath::Projection(d) = &mut self.shortcut {
             d.visit_mut(&join(prefix, "downsample"), f);
         }
     }
@@ -121,16 +171,20 @@ impl ResNet {
     /// Builds the network with placeholder weights (conv 0, BN identity); load or seed them.
     pub fn new(config: ResNetConfig) -> Result<ResNet, ModelError> {
         config.validate()?;
-        let stem = ConvBn::new(config.in_channels, 64, 7, 2, 3, 1);
-        let mut in_c = 64;
+        let stem = match config.stem {
+            Stem::ImageNet => ConvBn::new(config.in_channels, config.base_planes, 7, 2, 3, 1),
+            Stem::Cifar => ConvBn::new(config.in_channels, config.base_planes, 3, 1, 1, 1),
+        };
+        let mut in_c = config.base_planes;
         let mut stages = Vec::new();
         for (s, &depth) in config.layers.iter().enumerate() {
-            let planes = 64 << s;
+            let planes = config.base_planes << s;
             let stride = if s == 0 { 1 } else { 2 };
             let mut blocks = Vec::new();
             for b in 0..depth {
                 let block = Block::new(
                     config.block,
+                    config.shortcut,
                     in_c,
                     planes,
                     if b == 0 { stride } else { 1 },
@@ -184,15 +238,17 @@ impl ResNet {
     pub fn forward_features(&self, x: &Tensor, until: FeatureLayer) -> Result<Features, ModelError> {
         self.check_input(x)?;
         let mut h = self.stem.forward_eval(x, None, true);
-        h = max_pool2d_nhwc(&h, 3, 2, 1);
+        if self.config.stem == Stem::ImageNet {
+            h = max_pool2d_nhwc(&h, 3, 2, 1);
+        }
         let mut features = Features::default();
         let stage_layers = [FeatureLayer::Layer1, FeatureLayer::Layer2, FeatureLayer::Layer3, FeatureLayer::Layer4];
-        for (stage, layer) in self.stages.iter().zip(stage_layers) {
+        for (s, stage) in self.stages.iter().enumerate() {
             for block in stage {
                 h = block.forward_eval(&h);
             }
             features.layers.push(h.clone());
-            if until == layer {
+            if stage_layers.get(s) == Some(&until) {
                 return Ok(features);
             }
         }

@@ -47,7 +47,7 @@ fn block_tree(out: &mut String, name: &str, b: &Block, indent: &str) {
     if b.kind == super::BlockKind::Bottleneck {
         let _ = writeln!(out, "{inner}(relu): ReLU(inplace=True)");
     }
-    if let Some(d) = &b.downsample {
+    if let Some(d) = b.downsample() {
         downsample_tree(out, d, &inner);
     }
     let _ = writeln!(out, "{indent})");
@@ -66,7 +66,9 @@ pub fn module_tree(m: &ResNet) -> String {
     let _ = writeln!(out, "  (conv1): {}", conv_repr(&m.stem.conv));
     let _ = writeln!(out, "  (bn1): {}", bn_repr(&m.stem.bn));
     out.push_str("  (relu): ReLU(inplace=True)\n");
-    out.push_str("  (maxpool): MaxPool2d(kernel_size=3, stride=2, padding=1, dilation=1, ceil_mode=False)\n");
+    if m.config.stem == super::Stem::ImageNet {
+        out.push_str("  (maxpool): MaxPool2d(kernel_size=3, stride=2, padding=1, dilation=1, ceil_mode=False)\n");
+    }
     for (s, stage) in m.stages.iter().enumerate() {
         let _ = writeln!(out, "  (layer{}): Sequential(", s + 1);
         for (i, b) in stage.iter().enumerate() {
@@ -107,9 +109,16 @@ pub fn layer_table(m: &ResNet, side: usize) -> Vec<LayerRow> {
         (oh, ow)
     };
     let (mut h, mut w) = conv_row(&mut rows, "conv1+bn1".into(), &m.stem.conv, &m.stem.bn, side, side);
-    h = (h + 2 - 3) / 2 + 1;
-    w = (w + 2 - 3) / 2 + 1;
-    rows.push(LayerRow { name: "maxpool".into(), output_shape: vec![1, 64, h, w], params: 0, macs: 0 });
+    if m.config.stem == super::Stem::ImageNet {
+        h = (h + 2 - 3) / 2 + 1;
+        w = (w + 2 - 3) / 2 + 1;
+        rows.push(LayerRow {
+            name: "maxpool".into(),
+            output_shape: vec![1, m.config.base_planes, h, w],
+            params: 0,
+            macs: 0,
+        });
+    }
     for (s, stage) in m.stages.iter().enumerate() {
         for (b, block) in stage.iter().enumerate() {
             let (in_h, in_w) = (h, w);
@@ -117,7 +126,7 @@ pub fn layer_table(m: &ResNet, side: usize) -> Vec<LayerRow> {
                 (h, w) =
                     conv_row(&mut rows, format!("layer{}.{b}.conv{}+bn{}", s + 1, i + 1, i + 1), &c.conv, &c.bn, h, w);
             }
-            if let Some(d) = &block.downsample {
+            if let Some(d) = block.downsample() {
                 conv_row(&mut rows, format!("layer{}.{b}.downsample", s + 1), &d.conv, &d.bn, in_h, in_w);
             }
         }
