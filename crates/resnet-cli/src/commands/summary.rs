@@ -18,9 +18,9 @@ pub struct Args {
     /// Input height and width in pixels.
     #[arg(long, default_value_t = 224)]
     input: usize,
-    /// Outputs of the final linear layer.
-    #[arg(long, default_value_t = 1000)]
-    num_classes: usize,
+    /// Outputs of the final linear layer (default: 1000, or 10 for the CIFAR nets).
+    #[arg(long)]
+    num_classes: Option<usize>,
     /// Print only the table (no module tree).
     #[arg(long)]
     table_only: bool,
@@ -42,7 +42,11 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     if args.input < 32 {
         anyhow::bail!("--input {} is too small: ResNets downsample 32x; use at least 32", args.input);
     }
-    let model = ResNet::from_name(&args.arch, args.num_classes)?;
+    let mut config = resnet_core::ResNetConfig::from_name(&args.arch)?;
+    if let Some(classes) = args.num_classes {
+        config = config.with_num_classes(classes);
+    }
+    let model = ResNet::new(config)?;
     let mut out = String::new();
     if !args.table_only {
         let _ = writeln!(out, "{}", module_tree(&model));

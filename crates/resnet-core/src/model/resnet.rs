@@ -14,7 +14,7 @@ use crate::weights::{StateDict, WeightsError};
 pub enum ShortcutPath {
     Identity,
     /// torchvision's `downsample`: strided 1x1 conv + BN (option B).
-    Projection(ConvBn),
+    Projection(Box<ConvBn>),
     /// Option A: sample every `stride`-th pixel, zero-pad channels `before`/`after`.
     ZeroPad {
         stride: usize,
@@ -63,7 +63,7 @@ impl Block {
         let shortcut = match shortcut {
             Shortcut::None => ShortcutPath::None,
             _ if !reshapes => ShortcutPath::Identity,
-            Shortcut::Projection => ShortcutPath::Projection(ConvBn::new(in_c, out_c, 1, stride, 0, 1)),
+            Shortcut::Projection => ShortcutPath::Projection(Box::new(ConvBn::new(in_c, out_c, 1, stride, 0, 1))),
             Shortcut::ZeroPad => {
                 let extra = out_c.saturating_sub(in_c);
                 ShortcutPath::ZeroPad { stride, before: extra / 2, after: extra - extra / 2 }
