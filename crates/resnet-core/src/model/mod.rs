@@ -7,6 +7,7 @@ pub mod params;
 mod resnet;
 pub mod seeded;
 pub mod summary;
+pub mod train;
 
 pub use config::{BlockKind, ModelError, ResNetConfig, Shortcut, Stem, ARCHITECTURES, CIFAR_DEPTHS};
 pub use layers::{BatchNorm2d, Conv2d, Linear};

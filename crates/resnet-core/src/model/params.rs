@@ -36,6 +36,9 @@ pub struct Param {
     pub data: Vec<f32>,
     /// Only for [`ParamKind::Counter`].
     pub count: i64,
+    /// `∂loss/∂data` in the same layout as `data`, summed over backward passes since the
+    /// last [`Param::zero_grad`]; empty until a backward pass reaches this parameter.
+    pub grad: Vec<f32>,
 }
 
 impl Param {
@@ -46,6 +49,7 @@ impl Param {
             layout: Layout::Torch,
             data: vec![fill; torch_shape.iter().product()],
             count: 0,
+            grad: Vec::new(),
         }
     }
 
@@ -54,11 +58,52 @@ impl Param {
     }
 
     pub fn counter() -> Param {
-        Param { kind: ParamKind::Counter, torch_shape: vec![], layout: Layout::Torch, data: vec![], count: 0 }
+        Param {
+            kind: ParamKind::Counter,
+            torch_shape: vec![],
+            layout: Layout::Torch,
+            data: vec![],
+            count: 0,
+            grad: Vec::new(),
+        }
     }
 
     pub fn numel(&self) -> usize {
         self.torch_shape.iter().product()
+    }
+
+    /// Adds `g` (same layout as `data`) to the accumulated gradient.
+    pub fn accumulate_grad(&mut self, g: &[f32]) {
+        assert_eq!(g.len(), self.data.len(), "gradient size must match the parameter");
+        if self.grad.is_empty() {
+            self.grad = g.to_vec();
+        } else {
+            self.grad.iter_mut().zip(g).for_each(|(a, b)| *a += b);
+        }
+    }
+
+    pub fn zero_grad(&mut self) {
+        self.grad.clear();
+    }
+
+    /// The gradient in PyTorch's memory order (zeros if none was computed).
+    pub fn grad_torch_order(&self) -> Vec<f32> {
+        if self.grad.is_empty() {
+            return vec![0.0; self.numel()];
+        }
+        let as_data = Param { data: self.grad.clone(), grad: Vec::new(), ..self.clone_shape() };
+        as_data.to_torch_order()
+    }
+
+    fn clone_shape(&self) -> Param {
+        Param {
+            kind: self.kind,
+            torch_shape: self.torch_shape.clone(),
+            layout: self.layout,
+            data: Vec::new(),
+            count: 0,
+            grad: Vec::new(),
+        }
     }
 
     /// Sets the values from PyTorch's memory order. `values.len()` must equal `numel()`.

@@ -219,7 +219,7 @@ impl ResNet {
         params::to_state_dict(self)
     }
 
-    fn check_input(&self, x: &Tensor) -> Result<(), ModelError> {
+    pub(crate) fn check_input(&self, x: &Tensor) -> Result<(), ModelError> {
         let ok = x.shape.len() == 4 && x.shape[3] == self.config.in_channels && x.shape[1] >= 1 && x.shape[2] >= 1;
         if ok {
             Ok(())

@@ -1,0 +1,208 @@
+//! Training mode: forward passes that keep what backward needs, and the backward passes,
+//! layer by layer beside each other. BatchNorm normalises with batch statistics and updates
+//! its running statistics (momentum 0.1, unbiased variance) exactly as PyTorch does.
+//! Gradients accumulate into each [`Param::grad`](super::Param) until `zero_grad`.
+//!
+//! A residual block's backward splits the incoming gradient into the branch and the
+//! shortcut and sums the two at the block's input: the paper's identity path, in code.
+
+use super::config::{ModelError, Stem};
+use super::layers::{ConvBn, Linear};
+use super::params::Parameterized;
+use super::resnet::{Block, ShortcutPath};
+use super::ResNet;
+use crate::kernels::activation::relu_backward;
+use crate::kernels::batchnorm::{
+    batch_norm_backward, batch_norm_train_forward, update_running_stats, BatchNormError, BatchNormSaved,
+};
+use crate::kernels::conv::apply_epilogue;
+use crate::kernels::conv_backward::{conv2d_nhwc_backward_input, conv2d_nhwc_backward_weight};
+use crate::kernels::linear::{linear_backward, linear_forward};
+use crate::kernels::pool::global_avg_pool_nhwc;
+use crate::kernels::pool_backward::{
+    global_avg_pool_nhwc_backward, max_pool2d_nhwc_backward, max_pool2d_nhwc_with_indices,
+};
+use crate::kernels::shortcut::{subsample_zero_pad_backward_nhwc, subsample_zero_pad_nhwc};
+use crate::kernels::{conv2d_nhwc, Epilogue};
+use crate::tensor::Tensor;
+
+/// BatchNorm's momentum for running statistics (PyTorch's default).
+pub const BN_MOMENTUM: f32 = 0.1;
+
+/// What one conv + BN (+ residual) (+ ReLU) keeps for its backward.
+#[derive(Debug)]
+pub struct ConvBnCache {
+    input: Tensor,
+    bn: BatchNormSaved,
+    /// The unit's output, whose sign is the ReLU's mask.
+    output: Option<Tensor>,
+    had_residual: bool,
+}
+
+impl ConvBn {
+    /// `relu?(bn_train(conv(x)) + residual?)`, updating BN's running statistics.
+    pub fn forward_train(
+        &mut self,
+        x: &Tensor,
+        residual: Option<&Tensor>,
+        relu: bool,
+    ) -> Result<(Tensor, ConvBnCache), BatchNormError> {
+        let z = conv2d_nhwc(x, &self.conv.weight.data, &self.conv.geometry, &Epilogue::default());
+        let (mut y, saved) = batch_norm_train_forward(&z, &self.bn.weight.data, &self.bn.bias.data, self.bn.eps)?;
+        update_running_stats(&mut self.bn.running_mean.data, &mut self.bn.running_var.data, &saved, BN_MOMENTUM);
+        self.bn.num_batches_tracked.count += 1;
+        let c = y.shape[3];
+        let epilogue = Epilogue { residual: residual.map(|r| r.data.as_slice()), relu, ..Epilogue::default() };
+        apply_epilogue(&mut y.data, c, &epilogue);
+        let cache =
+            ConvBnCache { input: x.clone(), bn: saved, output: relu.then(|| y.clone()), had_residual: residual.is_some() };
+        Ok((y, cache))
+    }
+
+    /// Backward of [`ConvBn::forward_train`]: accumulates the conv and BN parameter
+    /// gradients, returns `∂L/∂x` and, if a residual was added, `∂L/∂residual`.
+    pub fn backward(&mut self, grad_out: &Tensor, cache: ConvBnCache) -> (Tensor, Option<Tensor>) {
+        let grad_y = match &cache.output {
+            Some(out) => relu_backward(grad_out, out),
+            None => grad_out.clone(),
+        };
+        let grad_residual = cache.had_residual.then(|| grad_y.clone());
+        let bn = batch_norm_backward(&grad_y, &cache.bn, &self.bn.weight.data);
+        self.bn.weight.accumulate_grad(&bn.grad_gamma);
+        self.bn.bias.accumulate_grad(&bn.grad_beta);
+        let geom = &self.conv.geometry;
+        let grad_w = conv2d_nhwc_backward_weight(&cache.input, &bn.grad_input, geom);
+        self.conv.weight.accumulate_grad(&grad_w);
+        let hw = (cache.input.shape[1], cache.input.shape[2]);
+        let grad_x = conv2d_nhwc_backward_input(&bn.grad_input, &self.conv.weight.data, geom, hw);
+        (grad_x, grad_residual)
+    }
+}
+
+/// What a residual block keeps for its backward.
+#[derive(Debug)]
+pub struct BlockCache {
+    convs: Vec<ConvBnCache>,
+    shortcut: Option<ConvBnCache>,
+    input_shape: Vec<usize>,
+}
+
+impl Block {
+    pub fn forward_train(&mut self, x: &Tensor) -> Result<(Tensor, BlockCache), BatchNormError> {
+        let (shortcut_value, shortcut_cache) = match &mut self.shortcut {
+            ShortcutPath::Projection(d) => {
+                let (y, c) = d.forward_train(x, None, false)?;
+                (Some(y), Some(c))
+            }
+            ShortcutPath::ZeroPad { stride, before, after } => {
+                (Some(subsample_zero_pad_nhwc(x, *stride, *before, *after)), None)
+            }
+            ShortcutPath::Identity => (Some(x.clone()), None),
+            ShortcutPath::None => (None, None),
+        };
+        let last = self.convs.len() - 1;
+        let mut h = x.clone();
+        let mut caches = Vec::with_capacity(self.convs.len());
+        for (i, unit) in self.convs.iter_mut().enumerate() {
+            let residual = if i == last { shortcut_value.as_ref() } else { None };
+            let (y, cache) = unit.forward_train(&h, residual, true)?;
+            caches.push(cache);
+            h = y;
+        }
+        Ok((h, BlockCache { convs: caches, shortcut: shortcut_cache, input_shape: x.shape.clone() }))
+    }
+
+    /// `∂L/∂x = ∂L/∂x through F + ∂L/∂x through the shortcut`.
+    pub fn backward(&mut self, grad_out: &Tensor, cache: BlockCache) -> Tensor {
+        let mut grad = grad_out.clone();
+        let mut grad_shortcut = None;
+        for (unit, unit_cache) in self.convs.iter_mut().zip(cache.convs).rev() {
+            let (g, g_res) = unit.backward(&grad, unit_cache);
+            if g_res.is_some() {
+                grad_shortcut = g_res;
+            }
+            grad = g;
+        }
+        let through_shortcut = match (&mut self.shortcut, grad_shortcut) {
+            (ShortcutPath::Identity, Some(g)) => Some(g),
+            (ShortcutPath::Projection(d), Some(g)) => cache.shortcut.map(|c| d.backward(&g, c).0),
+            (ShortcutPath::ZeroPad { stride, before, .. }, Some(g)) => {
+                Some(subsample_zero_pad_backward_nhwc(&g, &cache.input_shape, *stride, *before))
+            }
+            _ => None,
+        };
+        if let Some(s) = through_shortcut {
+            grad.data.iter_mut().zip(&s.data).for_each(|(a, b)| *a += b);
+        }
+        grad
+    }
+}
+
+impl Linear {
+    pub fn forward_train(&self, x: &Tensor) -> Tensor {
+        linear_forward(x, &self.weight.data, Some(&self.bias.data), self.out_features)
+    }
+
+    pub fn backward(&mut self, x: &Tensor, grad_out: &Tensor) -> Tensor {
+        let g = linear_backward(x, &self.weight.data, grad_out);
+        self.weight.accumulate_grad(&g.grad_weight);
+        self.bias.accumulate_grad(&g.grad_bias);
+        g.grad_input
+    }
+}
+
+/// Everything a training forward pass of the whole network keeps for its backward.
+#[derive(Debug)]
+pub struct TrainCache {
+    stem: ConvBnCache,
+    max_pool: Option<(Vec<usize>, (usize, usize))>,
+    blocks: Vec<BlockCache>,
+    last_map_hw: (usize, usize),
+    pooled: Tensor,
+}
+
+impl ResNet {
+    /// Training-mode forward: logits `[N, classes]` and what [`ResNet::backward`] needs.
+    /// Updates BatchNorm running statistics, as one PyTorch `model.train()` forward does.
+    pub fn forward_train(&mut self, x: &Tensor) -> Result<(Tensor, TrainCache), ModelError> {
+        self.check_input(x)?;
+        let bn_error = |e: BatchNormError| ModelError::InvalidConfig(e.to_string());
+        let (mut h, stem) = self.stem.forward_train(x, None, true).map_err(bn_error)?;
+        let mut max_pool = None;
+        if self.config.stem == Stem::ImageNet {
+            let hw = (h.shape[1], h.shape[2]);
+            let (pooled, indices) = max_pool2d_nhwc_with_indices(&h, 3, 2, 1);
+            max_pool = Some((indices, hw));
+            h = pooled;
+        }
+        let mut blocks = Vec::new();
+        for block in self.stages.iter_mut().flatten() {
+            let (y, cache) = block.forward_train(&h).map_err(bn_error)?;
+            blocks.push(cache);
+            h = y;
+        }
+        let last_map_hw = (h.shape[1], h.shape[2]);
+        let pooled = global_avg_pool_nhwc(&h);
+        let logits = self.fc.forward_train(&pooled);
+        Ok((logits, TrainCache { stem, max_pool, blocks, last_map_hw, pooled }))
+    }
+
+    /// Backward from `∂L/∂logits`: accumulates every parameter's gradient.
+    pub fn backward(&mut self, grad_logits: &Tensor, cache: TrainCache) {
+        let grad_pooled = self.fc.backward(&cache.pooled, grad_logits);
+        let mut grad = global_avg_pool_nhwc_backward(&grad_pooled, cache.last_map_hw);
+        let blocks: Vec<&mut Block> = self.stages.iter_mut().flatten().collect();
+        for (block, block_cache) in blocks.into_iter().zip(cache.blocks).rev() {
+            grad = block.backward(&grad, block_cache);
+        }
+        if let Some((indices, hw)) = &cache.max_pool {
+            grad = max_pool2d_nhwc_backward(&grad, indices, *hw);
+        }
+        self.stem.backward(&grad, cache.stem);
+    }
+
+    /// Clears every accumulated gradient.
+    pub fn zero_grad(&mut self) {
+        self.visit_mut("", &mut |_, p| p.zero_grad());
+    }
+}
