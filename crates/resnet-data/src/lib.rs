@@ -15,11 +15,15 @@
 //!
 //! This crate deliberately does not depend on the inference crate; it only produces pixels.
 
+pub mod augment;
+pub mod dataset;
 mod decode;
 mod error;
+pub mod loader;
 mod npy;
 mod preprocess;
 mod resample;
+pub mod rng;
 
 use std::path::Path;
 
@@ -27,6 +31,14 @@ pub use decode::{decode_image, decode_image_bytes};
 pub use error::DataError;
 pub use npy::{read_npy_f32, write_npy_f32};
 pub use preprocess::{preprocess, Preprocess, IMAGENET_MEAN, IMAGENET_STD};
+
+pub use augment::Augment;
+pub use dataset::{
+    open_dataset, split_holdout, ArrayDataset, Dataset, DatasetError, DatasetKind, DatasetSplits,
+    ImageFolder, Normalization, Pixels, Sample, Subset,
+};
+pub use loader::{Batch, Batches, Loader, LoaderConfig};
+pub use rng::Rng;
 
 /// Default pixel budget for decoding: Pillow's `Image.MAX_IMAGE_PIXELS` (the size above which
 /// it warns about decompression bombs), about 179 megapixels. An RGB image this size needs
