@@ -34,6 +34,8 @@ enum Command {
     Convert(commands::convert::Args),
     Bench(commands::bench::Args),
     Weights(commands::weights::Args),
+    Train(commands::train::Args),
+    Eval(commands::eval::Args),
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
@@ -52,6 +54,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Convert(a) => commands::convert::run(a),
         Command::Bench(a) => commands::bench::run(a, threads),
         Command::Weights(a) => commands::weights::run(a),
+        Command::Train(a) => commands::train::run(a),
+        Command::Eval(a) => commands::eval::run(a),
     }
 }
 

@@ -2,5 +2,7 @@ pub mod bench;
 pub mod classify;
 pub mod convert;
 pub mod embed;
+pub mod eval;
 pub mod summary;
+pub mod train;
 pub mod weights;

@@ -1,0 +1,297 @@
+//! `resnet train`: train or fine-tune on a data set, with checkpoints that resume exactly.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use anyhow::Context;
+use resnet_core::model::Shortcut;
+use resnet_core::{ResNet, ResNetConfig};
+use resnet_data::{open_dataset, split_holdout, Augment, Dataset, DatasetKind, Subset};
+use resnet_train::{Decay, Granularity, LrSchedule, LrScheduleSpec, SgdConfig, TrainOptions, Warmup};
+
+
+/// Train or fine-tune a network on a data set.
+///
+/// Data: `--dataset fashion-mnist|mnist|cifar10|cifar100` (Fashion-MNIST is found where
+/// Debian's dataset-fashion-mnist installs it), or `--data PATH` with `--dataset
+/// image-folder|npz|...` for your own files. Writes RUN_DIR/metrics.jsonl, curves.png,
+/// last.safetensors, best.safetensors and a checkpoint each epoch and on Ctrl-C; `--resume
+/// RUN_DIR` continues exactly where it stopped.
+///
+/// Example: resnet train --arch resnet20 --dataset fashion-mnist --epochs 30 --batch 128
+///   --lr 0.1 --schedule cosine --out runs/fmnist
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// Architecture: the CIFAR nets resnet20/32/44/56/110 and plain20/..., or any
+    /// torchvision one (resnet18, resnet50, ...).
+    #[arg(long, default_value = "resnet20")]
+    pub arch: String,
+    /// Data set: fashion-mnist, mnist, cifar10, cifar100, image-folder, npz.
+    #[arg(long)]
+    pub dataset: Option<String>,
+    /// Where the data set's files are (a directory; the .npz file itself for npz).
+    #[arg(long, value_name = "PATH")]
+    pub data: Option<PathBuf>,
+    #[arg(long, default_value_t = 30)]
+    pub epochs: u64,
+    /// Stop after this many optimizer steps (weights are still saved).
+    #[arg(long)]
+    pub max_steps: Option<u64>,
+    #[arg(long, default_value_t = 128)]
+    pub batch: usize,
+    /// Peak learning rate.
+    #[arg(long, default_value_t = 0.1)]
+    pub lr: f64,
+    #[arg(long, default_value_t = 0.9)]
+    pub momentum: f64,
+    #[arg(long)]
+    pub nesterov: bool,
+    #[arg(long, default_value_t = 5e-4)]
+    pub weight_decay: f64,
+    /// Leave BatchNorm parameters and biases out of weight decay.
+    #[arg(long)]
+    pub no_decay_bn_bias: bool,
+    /// constant, step (×gamma at each of --milestones epochs) or cosine (to 0 over the run).
+    #[arg(long, default_value = "cosine")]
+    pub schedule: String,
+    /// Epochs at which `step` multiplies the LR by --gamma (comma-separated).
+    #[arg(long, value_delimiter = ',', default_value = "")]
+    pub milestones: Vec<String>,
+    #[arg(long, default_value_t = 0.1)]
+    pub gamma: f64,
+    /// Linear warm-up over this many epochs (from 10% of --lr).
+    #[arg(long, default_value_t = 0.0)]
+    pub warmup_epochs: f64,
+    #[arg(long, default_value_t = 0.0)]
+    pub label_smoothing: f32,
+    /// Clip the gradients' total L2 norm to this.
+    #[arg(long)]
+    pub clip_grad_norm: Option<f64>,
+    /// Projection (option B) shortcuts for the CIFAR nets instead of zero-padding (A).
+    #[arg(long)]
+    pub projection_shortcuts: bool,
+    /// Input channels (default: the data set's).
+    #[arg(long)]
+    pub in_channels: Option<usize>,
+    /// Classes (default: the data set's).
+    #[arg(long)]
+    pub num_classes: Option<usize>,
+    /// Start from these weights (a .pth/.safetensors file, or imagenet to fine-tune; the
+    /// final layer is replaced when --num-classes differs).
+    #[arg(long, alias = "init", value_name = "FILE|imagenet")]
+    pub weights: Option<String>,
+    /// Train only the final layer.
+    #[arg(long)]
+    pub freeze_backbone: bool,
+    #[arg(long)]
+    pub no_augment: bool,
+    #[arg(long)]
+    pub no_shuffle: bool,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Data-loading worker threads.
+    #[arg(long, default_value_t = 1)]
+    pub workers: usize,
+    /// Fraction of the training set held out for testing when the data set has no test split.
+    #[arg(long, default_value_t = 0.1)]
+    pub holdout: f64,
+    #[arg(long, default_value_t = 50)]
+    pub log_every: u64,
+    /// Run directory for metrics, curves, weights and checkpoints.
+    #[arg(long, value_name = "RUN_DIR")]
+    pub out: Option<PathBuf>,
+    /// Continue the run in RUN_DIR from its last checkpoint (same other options).
+    #[arg(long, value_name = "RUN_DIR")]
+    pub resume: Option<PathBuf>,
+}
+
+pub fn dataset_kind(name: Option<&str>, data: Option<&PathBuf>) -> anyhow::Result<DatasetKind> {
+    match name {
+        Some(n) => n.parse::<DatasetKind>().map_err(|e| anyhow::anyhow!("--dataset {n}: {e}")),
+        None if data.is_some_and(|p| p.extension().is_some_and(|e| e == "npz")) => Ok(DatasetKind::Npz),
+        None if data.is_some() => Ok(DatasetKind::ImageFolder),
+        None => anyhow::bail!("pass --dataset NAME (fashion-mnist, mnist, cifar10, cifar100) or --data PATH"),
+    }
+}
+
+/// Builds the network for a data set: CIFAR nets take the data set's channels and classes.
+pub fn build_model(
+    arch: &str,
+    in_channels: usize,
+    num_classes: usize,
+    projection: bool,
+) -> anyhow::Result<ResNet> {
+    let mut config = ResNetConfig::from_name(arch)?.with_num_classes(num_classes).with_in_channels(in_channels);
+    if projection {
+        config = config.with_shortcut(Shortcut::Projection);
+    }
+    Ok(ResNet::new(config)?)
+}
+
+pub fn run(args: Args) -> anyhow::Result<()> {
+    let kind = dataset_kind(args.dataset.as_deref(), args.data.as_ref())?;
+    let splits = open_dataset(kind, args.data.as_deref())?;
+    let (train, test): (Arc<dyn Dataset>, Option<Arc<dyn Dataset>>) = match splits.test {
+        Some(t) => (splits.train, Some(t)),
+        None => {
+            let h = split_holdout(splits.train.len(), args.holdout, args.seed)?;
+            let train: Arc<dyn Dataset> = Arc::new(Subset::new(splits.train.clone(), h.train)?);
+            let test: Arc<dyn Dataset> = Arc::new(Subset::new(splits.train, h.holdout)?);
+            eprintln!("no test split: holding out {} of {} samples for testing", test.len(), train.len() + test.len());
+            (train, Some(test))
+        }
+    };
+    let in_channels = args.in_channels.unwrap_or(train.channels());
+    let num_classes = args.num_classes.unwrap_or(train.num_classes());
+    let mut model = build_model(&args.arch, in_channels, num_classes, args.projection_shortcuts)?;
+    seed_parameters_kaiming(&mut model, args.seed);
+    if let Some(w) = &args.weights {
+        init_from(&mut model, w, num_classes)?;
+    }
+    let run_dir = match (&args.resume, &args.out) {
+        (Some(r), _) => r.clone(),
+        (None, Some(o)) => o.clone(),
+        (None, None) => PathBuf::from("runs").join(format!("{}-{}", args.arch, kind.name())),
+    };
+    let steps_per_epoch = (train.len() / args.batch.max(1)) as u64;
+    let decay = match args.schedule.as_str() {
+        "constant" => Decay::Constant,
+        "cosine" => Decay::Cosine { t_max: args.epochs * steps_per_epoch, eta_min: 0.0 },
+        "step" => {
+            let milestones = args
+                .milestones
+                .iter()
+                .filter(|m| !m.is_empty())
+                .map(|m| m.trim().parse::<u64>().map(|e| e * steps_per_epoch))
+                .collect::<Result<Vec<_>, _>>()
+                .context("--milestones takes epoch numbers, e.g. 15,25")?;
+            Decay::MultiStep { milestones, gamma: args.gamma }
+        }
+        other => anyhow::bail!("--schedule {other}: choose constant, step or cosine"),
+    };
+    let warmup_steps = (args.warmup_epochs * steps_per_epoch as f64).round() as u64;
+    let warmup = (warmup_steps > 0).then_some(Warmup { length: warmup_steps, start_factor: 0.1 });
+    let spec = LrScheduleSpec { base_lr: args.lr, decay, warmup, granularity: Granularity::Step };
+    let opts = TrainOptions {
+        epochs: args.epochs,
+        max_steps: args.max_steps,
+        batch_size: args.batch,
+        sgd: SgdConfig { momentum: args.momentum, dampening: 0.0, nesterov: args.nesterov, weight_decay: args.weight_decay },
+        schedule: LrSchedule::new(spec)?,
+        no_decay_bn_bias: args.no_decay_bn_bias,
+        label_smoothing: args.label_smoothing,
+        clip_grad_norm: args.clip_grad_norm,
+        freeze_backbone: args.freeze_backbone,
+        seed: args.seed,
+        shuffle: !args.no_shuffle,
+        augment: Augment::for_training(kind, !args.no_augment),
+        eval_augment: Augment::for_evaluation(kind),
+        workers: args.workers,
+        log_every: args.log_every,
+        run_dir: run_dir.clone(),
+        progress: true,
+    };
+    let stop = Arc::new(AtomicBool::new(false));
+    let handler_flag = stop.clone();
+    // First Ctrl-C: finish the step, checkpoint, exit. Second: exit at once.
+    ctrlc::set_handler(move || {
+        if handler_flag.swap(true, Ordering::SeqCst) {
+            std::process::exit(130);
+        }
+        eprintln!("\ninterrupted: saving a checkpoint (Ctrl-C again to quit at once)");
+    })
+    .context("cannot install the Ctrl-C handler")?;
+    eprintln!(
+        "training {} ({} parameters) on {} ({} train / {} test samples), run dir {}",
+        args.arch,
+        model.parameter_count(),
+        kind.name(),
+        train.len(),
+        test.as_ref().map_or(0, |t| t.len()),
+        run_dir.display()
+    );
+    let summary = resnet_train::train(&mut model, train, test, &opts, args.resume.is_some(), &stop)?;
+    eprintln!(
+        "{} after {} steps ({:.0} s); best test accuracy {}; weights in {}",
+        if summary.interrupted { "stopped" } else { "done" },
+        summary.steps,
+        summary.seconds,
+        summary.best_accuracy.map_or("n/a".to_string(), |a| format!("{:.2}%", 100.0 * a)),
+        run_dir.join("last.safetensors").display()
+    );
+    Ok(())
+}
+
+/// torchvision's initialisation for ResNets: Kaiming-normal (fan_out, ReLU) conv weights,
+/// BN γ=1 β=0, and nn.Linear's default U(±1/sqrt(in)) for `fc`, from a seeded generator.
+fn seed_parameters_kaiming(model: &mut ResNet, seed: u64) {
+    use resnet_core::model::params::Parameterized;
+    use resnet_core::prng::SplitMix64;
+    let mut rng = SplitMix64::new(seed ^ 0x5EED);
+    let fc_bound = 1.0 / (model.fc.in_features as f64).sqrt();
+    model.visit_mut("", &mut |name, p| {
+        if p.kind != resnet_core::model::ParamKind::Trainable {
+            return;
+        }
+        let values: Vec<f32> = if p.torch_shape.len() == 4 {
+            let s = &p.torch_shape;
+            let std = (2.0 / (s[0] * s[2] * s[3]) as f64).sqrt();
+            (0..p.numel())
+                .map(|_| {
+                    // Box-Muller on two uniforms.
+                    let (u1, u2) = (rng.next_f64().max(1e-300), rng.next_f64());
+                    ((-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos() * std) as f32
+                })
+                .collect()
+        } else if name.starts_with("fc.") {
+            (0..p.numel()).map(|_| rng.uniform_f32(-fc_bound, fc_bound)).collect()
+        } else if name.ends_with(".weight") {
+            vec![1.0; p.numel()]
+        } else {
+            vec![0.0; p.numel()]
+        };
+        p.set_from_torch_order(&values);
+    });
+}
+
+/// Loads starting weights; a different head size keeps the new (random) `fc`.
+fn init_from(model: &mut ResNet, weights: &str, num_classes: usize) -> anyhow::Result<()> {
+    let file = if weights.parse::<crate::pretrained::WeightsVariant>().is_ok() {
+        let variant = weights.parse()?;
+        let spec = crate::pretrained::lookup(&arch_name(model), variant)?;
+        crate::pretrained::fetch_pretrained(spec, &crate::pretrained::default_cache_dir()?, None, true)?
+    } else {
+        PathBuf::from(weights)
+    };
+    let mut sd = resnet_core::weights::load_state_dict(&file).with_context(|| file.display().to_string())?;
+    let head_matches = sd.get("fc.weight").is_some_and(|t| t.shape.first() == Some(&num_classes));
+    if !head_matches {
+        let mut without_head = resnet_core::weights::StateDict::new();
+        for (k, t) in sd.iter().filter(|(k, _)| !k.starts_with("fc.")) {
+            without_head.insert(k, t.clone());
+        }
+        let fc = model.state_dict();
+        for k in ["fc.weight", "fc.bias"] {
+            if let Some(t) = fc.get(k) {
+                without_head.insert(k, t.clone());
+            }
+        }
+        sd = without_head;
+        eprintln!("{}: new {num_classes}-class head (the checkpoint's fc is not used)", file.display());
+    }
+    model.load_state_dict(&sd, true).with_context(|| file.display().to_string())?;
+    Ok(())
+}
+
+fn arch_name(model: &ResNet) -> String {
+    resnet_core::model::ARCHITECTURES
+        .iter()
+        .find(|n| {
+            ResNetConfig::from_name(n).is_ok_and(|c| {
+                c.with_num_classes(model.config.num_classes).with_in_channels(model.config.in_channels)
+                    == model.config
+            })
+        })
+        .map_or_else(|| "resnet50".to_string(), |n| n.to_string())
+}
