@@ -1,10 +1,18 @@
 //! CPU kernels on NHWC f32 data. Each kernel has a plain safe reference beside it in its
 //! tests; the fast paths go through the `gemm` crate.
 
+pub mod activation;
+pub mod batchnorm;
 pub mod conv;
+pub mod conv_backward;
 pub mod elementwise;
+#[cfg(test)]
+mod gradcheck;
+pub mod linear;
+pub mod loss;
 pub mod matmul;
 pub mod pool;
+pub mod pool_backward;
 pub mod shortcut;
 
 pub use conv::{conv2d_nhwc, Conv2dGeometry, Epilogue};

@@ -1,0 +1,362 @@
+//! Backward passes of [`conv2d_nhwc`](super::conv::conv2d_nhwc), as GEMMs over the same
+//! im2col patches as the forward.
+//!
+//! The forward is, per group `g`, `out_g[M, C_out/G] = patches_g[M, K] · W_gᵀ` with
+//! `M = N·OH·OW` output pixels and `K = KH·KW·C_in/G` patch values (OHWI weights: one
+//! filter is one row of `K`). Differentiating that product gives the two backwards:
+//!
+//! * input:  `grad_patches_g[M, K] = grad_out_g[M, C_out/G] · W_g`, then every patch value
+//!   is added back onto the input pixel it was read from (col2im);
+//! * weight: `grad_W_g[C_out/G, K] = grad_out_gᵀ · patches_g`, summed over all `M` rows.
+//!
+//! A 1x1 stride-1 convolution needs no patches: the NHWC input already is `[M, C_in]`.
+
+use rayon::prelude::*;
+
+use super::conv::{im2col_nhwc, Conv2dGeometry};
+use super::matmul::{matmul, MatMul};
+use crate::tensor::Tensor;
+
+/// Upper bound on the floats of one patch buffer (as in the forward): a large batch runs in
+/// chunks of rows and accumulates, instead of materialising gigabytes of patches.
+const MAX_PATCH_FLOATS: usize = 32 << 20;
+
+thread_local! {
+    /// Patch buffer kept between calls (as the forward does): fresh buffers of ~100 MB
+    /// cost page faults on every layer of every step.
+    static PATCH_BUFFER: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Runs `f` with this thread's reusable patch buffer.
+fn with_patch_buffer<R>(f: impl FnOnce(&mut Vec<f32>) -> R) -> R {
+    let mut buffer = PATCH_BUFFER.with(|b| std::mem::take(&mut *b.borrow_mut()));
+    let result = f(&mut buffer);
+    PATCH_BUFFER.with(|b| *b.borrow_mut() = buffer);
+    result
+}
+
+/// `∂L/∂input` (`[N, H, W, C_in]`) from `grad_out` (`[N, OH, OW, C_out]`) and the OHWI
+/// `weight`, for an input of `input_hw = (H, W)`.
+/// Panics when the shapes disagree with `geom` (a caller bug: layers check shapes first).
+pub fn conv2d_nhwc_backward_input(
+    grad_out: &Tensor,
+    weight: &[f32],
+    geom: &Conv2dGeometry,
+    input_hw: (usize, usize),
+) -> Tensor {
+    backward_input_chunked(grad_out, weight, geom, input_hw, MAX_PATCH_FLOATS)
+}
+
+/// `∂L/∂weight` (OHWI, `geom.weight_len()` values) from the forward's `input`
+/// (`[N, H, W, C_in]`) and `grad_out` (`[N, OH, OW, C_out]`).
+/// Panics when the shapes disagree with `geom` (a caller bug).
+pub fn conv2d_nhwc_backward_weight(input: &Tensor, grad_out: &Tensor, geom: &Conv2dGeometry) -> Vec<f32> {
+    backward_weight_chunked(input, grad_out, geom, MAX_PATCH_FLOATS)
+}
+
+/// Checks `grad_out` against `geom` and an input of `h × w`; returns `(N, OH, OW)`.
+fn check_shapes(grad_out: &Tensor, geom: &Conv2dGeometry, (h, w): (usize, usize)) -> (usize, usize, usize) {
+    assert_eq!(grad_out.shape.len(), 4, "conv2d backward expects an NHWC gradient");
+    assert!(
+        geom.groups > 0
+            && geom.in_channels.is_multiple_of(geom.groups)
+            && geom.out_channels.is_multiple_of(geom.groups)
+    );
+    let (n, oh, ow, c_out) = (grad_out.shape[0], grad_out.shape[1], grad_out.shape[2], grad_out.shape[3]);
+    assert_eq!(c_out, geom.out_channels, "gradient channels differ from the convolution's");
+    assert_eq!((oh, ow), geom.output_hw(h, w), "gradient size differs from the convolution's output");
+    (n, oh, ow)
+}
+
+fn is_pointwise_stride1(geom: &Conv2dGeometry) -> bool {
+    geom.kernel_h == 1 && geom.kernel_w == 1 && geom.padding == 0 && geom.groups == 1 && geom.stride == 1
+}
+
+fn backward_input_chunked(
+    grad_out: &Tensor,
+    weight: &[f32],
+    geom: &Conv2dGeometry,
+    (h, w): (usize, usize),
+    max_patch_floats: usize,
+) -> Tensor {
+    let (n, oh, ow) = check_shapes(grad_out, geom, (h, w));
+    assert_eq!(weight.len(), geom.weight_len());
+    let (c_in, c_out) = (geom.in_channels, geom.out_channels);
+    let mut grad_input = Tensor::zeros(&[n, h, w, c_in]);
+    if grad_input.is_empty() || grad_out.is_empty() {
+        return grad_input;
+    }
+    if is_pointwise_stride1(geom) {
+        // grad_input[M, C_in] = grad_out[M, C_out] · W[C_out, C_in]: no patches at all.
+        let spec = MatMul {
+            m: n * h * w,
+            n: c_in,
+            k: c_out,
+            lhs: &grad_out.data,
+            lhs_row_stride: c_out,
+            lhs_col_stride: 1,
+            rhs: weight,
+            rhs_row_stride: c_in,
+            rhs_col_stride: 1,
+            accumulate: false,
+            threads: super::current_threads(),
+        };
+        matmul(&spec, &mut grad_input.data, c_in);
+        return grad_input;
+    }
+    // Chunks hold whole images, so col2im finds every patch that read a pixel in the chunk.
+    let patch_floats_per_image = oh * ow * geom.kernel_h * geom.kernel_w * c_in;
+    let images_per_chunk = (max_patch_floats / patch_floats_per_image.max(1)).max(1);
+    with_patch_buffer(|grad_patches| {
+        for (chunk, grad_in_chunk) in grad_input.data.chunks_mut(images_per_chunk * h * w * c_in).enumerate() {
+            let images = grad_in_chunk.len() / (h * w * c_in);
+            let rows = images * oh * ow;
+            let first_row = chunk * images_per_chunk * oh * ow;
+            let grad_out_rows = &grad_out.data[first_row * c_out..(first_row + rows) * c_out];
+            // Every value is overwritten by the GEMM; resize only sets the length.
+            grad_patches.resize(rows * geom.groups * geom.filter_len(), 0.0);
+            patch_gradients(grad_out_rows, weight, geom, grad_patches);
+            col2im_nhwc(grad_patches, geom, (h, w), (oh, ow), grad_in_chunk);
+        }
+    });
+    grad_input
+}
+
+/// `grad_patches_g = grad_out_g · W_g` for every group, stored group-major:
+/// `grad_patches[g][row][k]`, each group a contiguous `[rows, K]` block.
+fn patch_gradients(grad_out_rows: &[f32], weight: &[f32], geom: &Conv2dGeometry, grad_patches: &mut [f32]) {
+    let c_out = geom.out_channels;
+    let rows = grad_out_rows.len() / c_out;
+    let out_per_group = c_out / geom.groups;
+    let k_group = geom.filter_len();
+    let one_group = |g: usize, dst: &mut [f32], threads: usize| {
+        let spec = MatMul {
+            m: rows,
+            n: k_group,
+            k: out_per_group,
+            lhs: &grad_out_rows[g * out_per_group..],
+            lhs_row_stride: c_out,
+            lhs_col_stride: 1,
+            rhs: &weight[g * out_per_group * k_group..(g + 1) * out_per_group * k_group],
+            rhs_row_stride: k_group,
+            rhs_col_stride: 1,
+            accumulate: false,
+            threads,
+        };
+        matmul(&spec, dst, k_group);
+    };
+    if geom.groups == 1 {
+        one_group(0, grad_patches, super::current_threads());
+    } else {
+        grad_patches.par_chunks_mut(rows * k_group).enumerate().for_each(|(g, dst)| one_group(g, dst, 1));
+    }
+}
+
+/// col2im as a gather: each input pixel sums the patch gradients of every output pixel
+/// whose window covered it. `grad_patches` is group-major (see [`patch_gradients`]) for
+/// the whole images of `grad_input`; writing one pixel per task needs no locks and sums in
+/// a fixed order.
+fn col2im_nhwc(
+    grad_patches: &[f32],
+    geom: &Conv2dGeometry,
+    (h, w): (usize, usize),
+    (oh, ow): (usize, usize),
+    grad_input: &mut [f32],
+) {
+    let c_in = geom.in_channels;
+    let cg = c_in / geom.groups;
+    let k_group = geom.filter_len();
+    let rows = grad_patches.len() / (geom.groups * k_group);
+    // Output coordinate whose window puts kernel tap `k` on input coordinate `i`, if any:
+    // `o·stride + k − padding = i`.
+    let source = |i: usize, k: usize, extent: usize| -> Option<usize> {
+        let t = (i + geom.padding).checked_sub(k)?;
+        (t % geom.stride == 0 && t / geom.stride < extent).then_some(t / geom.stride)
+    };
+    grad_input.par_chunks_mut(c_in).enumerate().for_each(|(pixel, dst)| {
+        let (b, rem) = (pixel / (h * w), pixel % (h * w));
+        let (iy, ix) = (rem / w, rem % w);
+        for ky in 0..geom.kernel_h {
+            let Some(oy) = source(iy, ky, oh) else { continue };
+            for kx in 0..geom.kernel_w {
+                let Some(ox) = source(ix, kx, ow) else { continue };
+                let row = (b * oh + oy) * ow + ox;
+                let tap = (ky * geom.kernel_w + kx) * cg;
+                for (g, dst_group) in dst.chunks_mut(cg).enumerate() {
+                    let src = &grad_patches[(g * rows + row) * k_group + tap..][..cg];
+                    dst_group.iter_mut().zip(src).for_each(|(d, s)| *d += s);
+                }
+            }
+        }
+    });
+}
+
+fn backward_weight_chunked(
+    input: &Tensor,
+    grad_out: &Tensor,
+    geom: &Conv2dGeometry,
+    max_patch_floats: usize,
+) -> Vec<f32> {
+    assert_eq!(input.shape.len(), 4, "conv2d backward expects an NHWC input");
+    let (h, w, c_in) = (input.shape[1], input.shape[2], input.shape[3]);
+    assert_eq!(c_in, geom.in_channels, "input channels differ from the convolution's");
+    let (n, oh, ow) = check_shapes(grad_out, geom, (h, w));
+    assert_eq!(input.shape[0], n, "input and gradient batch sizes differ");
+    let c_out = geom.out_channels;
+    let mut grad_weight = vec![0.0; geom.weight_len()];
+    let rows = n * oh * ow;
+    if rows == 0 || grad_weight.is_empty() {
+        return grad_weight;
+    }
+    let out_per_group = c_out / geom.groups;
+    let k_group = geom.filter_len();
+    // grad_W_g[C_out/G, K] += grad_out_gᵀ · patches_g: the lhs is grad_out read column-wise.
+    let accumulate_group = |g: usize, first_row: usize, patches: &[f32], dst: &mut [f32], threads: usize| {
+        let chunk_rows = patches.len() / k_group;
+        let spec = MatMul {
+            m: out_per_group,
+            n: k_group,
+            k: chunk_rows,
+            lhs: &grad_out.data[first_row * c_out + g * out_per_group..],
+            lhs_row_stride: 1,
+            lhs_col_stride: c_out,
+            rhs: patches,
+            rhs_row_stride: k_group,
+            rhs_col_stride: 1,
+            accumulate: true,
+            threads,
+        };
+        matmul(&spec, dst, k_group);
+    };
+    if is_pointwise_stride1(geom) {
+        accumulate_group(0, 0, &input.data, &mut grad_weight, super::current_threads());
+        return grad_weight;
+    }
+    let chunk_rows = (max_patch_floats / (geom.groups * k_group).max(1)).max(1);
+    with_patch_buffer(|patches| {
+        let mut first_row = 0;
+        while first_row < rows {
+            let chunk = chunk_rows.min(rows - first_row);
+            // Every value is overwritten by im2col; resize only sets the length.
+            patches.resize(geom.groups * chunk * k_group, 0.0);
+            if geom.groups == 1 {
+                im2col_nhwc(input, geom, (oh, ow), 0, first_row, patches);
+                accumulate_group(0, first_row, patches, &mut grad_weight, super::current_threads());
+            } else {
+                // Groups own disjoint filter rows (OHWI keeps a group's filters contiguous).
+                grad_weight
+                    .par_chunks_mut(out_per_group * k_group)
+                    .zip(patches.par_chunks_mut(chunk * k_group))
+                    .enumerate()
+                    .for_each(|(g, (dst, group_patches))| {
+                        im2col_nhwc(input, geom, (oh, ow), g, first_row, group_patches);
+                        accumulate_group(g, first_row, group_patches, dst, 1);
+                    });
+            }
+            first_row += chunk;
+        }
+    });
+    grad_weight
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kernels::conv::{conv2d_nhwc, Epilogue};
+    use crate::kernels::gradcheck::{check_gradient, dot, random_values};
+    use crate::prng::SplitMix64;
+
+    fn geometry(c_in: usize, c_out: usize, k: usize, stride: usize, padding: usize, groups: usize) -> Conv2dGeometry {
+        Conv2dGeometry { in_channels: c_in, out_channels: c_out, kernel_h: k, kernel_w: k, stride, padding, groups }
+    }
+
+    /// (geometry, H, W) covering every family shape on tiny inputs: the 7x7/2 stem, 3x3
+    /// stride 1 and 2 (odd sizes, so the last window overhangs), 1x1 stride 1 (the no-patch
+    /// path) and stride 2 (downsample), grouped 3x3 (ResNeXt) with uneven group widths.
+    fn cases() -> Vec<(Conv2dGeometry, usize, usize)> {
+        vec![
+            (geometry(3, 4, 7, 2, 3, 1), 9, 8),
+            (geometry(4, 5, 3, 1, 1, 1), 5, 6),
+            (geometry(4, 6, 3, 2, 1, 1), 7, 6),
+            (geometry(6, 5, 1, 1, 0, 1), 4, 3),
+            (geometry(4, 6, 1, 2, 0, 1), 5, 5),
+            (geometry(8, 8, 3, 2, 1, 4), 5, 6),
+            (geometry(4, 6, 3, 1, 1, 2), 4, 4),
+            (geometry(3, 2, 2, 3, 0, 1), 8, 7),
+        ]
+    }
+
+    fn forward(x: &[f32], shape: &[usize], weight: &[f32], geom: &Conv2dGeometry) -> Tensor {
+        let input = Tensor::from_vec(shape, x.to_vec()).unwrap();
+        conv2d_nhwc(&input, weight, geom, &Epilogue::default())
+    }
+
+    /// The convolution is linear in each argument, so central differences are exact up to
+    /// the forward's f32 rounding whatever the step; a large step (0.5) keeps that rounding
+    /// near f32's epsilon: observed ≤ 4e-7 of the largest gradient, tolerance 1e-5.
+    #[test]
+    fn gradients_match_finite_differences() {
+        let mut rng = SplitMix64::new(11);
+        for (geom, h, w) in cases() {
+            let shape = [2, h, w, geom.in_channels];
+            let x = random_values(&mut rng, shape.iter().product(), -1.0, 1.0);
+            let weight = random_values(&mut rng, geom.weight_len(), -1.0, 1.0);
+            let out_shape = forward(&x, &shape, &weight, &geom).shape;
+            let r =
+                Tensor::from_vec(&out_shape, random_values(&mut rng, out_shape.iter().product(), -1.0, 1.0)).unwrap();
+
+            let grad_x = conv2d_nhwc_backward_input(&r, &weight, &geom, (h, w));
+            assert_eq!(grad_x.shape, shape);
+            let case = format!("{geom:?} on {h}x{w}");
+            check_gradient(&format!("{case}: grad input"), &x, &grad_x.data, 0.5, 1e-5, |x| {
+                dot(&r.data, &forward(x, &shape, &weight, &geom).data)
+            });
+            let input = Tensor::from_vec(&shape, x.clone()).unwrap();
+            let grad_w = conv2d_nhwc_backward_weight(&input, &r, &geom);
+            check_gradient(&format!("{case}: grad weight"), &weight, &grad_w, 0.5, 1e-5, |wt| {
+                dot(&r.data, &forward(&x, &shape, wt, &geom).data)
+            });
+        }
+    }
+
+    /// Chunking (whole images for the input gradient, row ranges for the weight gradient)
+    /// must not change the result beyond summation order.
+    #[test]
+    fn chunked_equals_unchunked() {
+        let mut rng = SplitMix64::new(12);
+        for (geom, h, w) in cases() {
+            let n = 5;
+            let input = Tensor::from_vec(
+                &[n, h, w, geom.in_channels],
+                random_values(&mut rng, n * h * w * geom.in_channels, -1.0, 1.0),
+            )
+            .unwrap();
+            let weight = random_values(&mut rng, geom.weight_len(), -1.0, 1.0);
+            let (oh, ow) = geom.output_hw(h, w);
+            let grad_out = Tensor::from_vec(
+                &[n, oh, ow, geom.out_channels],
+                random_values(&mut rng, n * oh * ow * geom.out_channels, -1.0, 1.0),
+            )
+            .unwrap();
+            let whole_x = conv2d_nhwc_backward_input(&grad_out, &weight, &geom, (h, w));
+            let whole_w = conv2d_nhwc_backward_weight(&input, &grad_out, &geom);
+            // Budgets of one patch row and of about two images.
+            for budget in [1, 2 * oh * ow * geom.kernel_h * geom.kernel_w * geom.in_channels] {
+                let part_x = backward_input_chunked(&grad_out, &weight, &geom, (h, w), budget);
+                let part_w = backward_weight_chunked(&input, &grad_out, &geom, budget);
+                for (a, b) in part_x.data.iter().zip(&whole_x.data).chain(part_w.iter().zip(&whole_w)) {
+                    assert!((a - b).abs() <= 1e-5 * (1.0 + b.abs()), "{geom:?} budget {budget}: {a} vs {b}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn empty_batch_gives_empty_and_zero_gradients() {
+        let geom = geometry(4, 6, 3, 2, 1, 2);
+        let grad_out = Tensor::zeros(&[0, 3, 3, 6]);
+        let input = Tensor::zeros(&[0, 5, 5, 4]);
+        assert!(conv2d_nhwc_backward_input(&grad_out, &vec![1.0; geom.weight_len()], &geom, (5, 5)).is_empty());
+        assert!(conv2d_nhwc_backward_weight(&input, &grad_out, &geom).iter().all(|&v| v == 0.0));
+    }
+}
