@@ -28,6 +28,15 @@ from gen_model_fixtures import WEIGHT_SEED, seeded_state_dict  # noqa: E402
 
 OUT = os.path.join(os.path.dirname(__file__), "fixtures", "training")
 INPUT_SEED, LABEL_SEED = 11, 12
+# A ReLU input within float32 rounding of 0 flips its mask between any two f32
+# implementations and moves every gradient upstream of it (seen: one element of 3M at
+# layer4.2 moved resnet50's gradients by 1e-2). So each case uses the first input seed from
+# INPUT_SEED on whose train-mode forward every ReLU input is at least MIN_RELU_MARGIN from 0.
+MIN_RELU_MARGIN = 2e-6
+# Training fixtures add this to every BatchNorm bias (after seeding, in float32, as the Rust
+# test does): ReLU inputs then sit mostly well above 0, so few are near the kink (margins
+# go from ~1e-7 to ~1e-5) and a seed with a safe margin exists.
+BN_BIAS_SHIFT = 2.0
 CASES = [("resnet20", 4, 32, 10, False), ("resnet50", 4, 64, 1000, True)]
 SAMPLES = 32
 
@@ -35,6 +44,30 @@ SAMPLES = 32
 def seeded_labels(n, classes):
     rng = SplitMix64(LABEL_SEED)
     return torch.tensor([rng.next_u64() % classes for _ in range(n)], dtype=torch.int64)
+
+
+def min_relu_input(model, x):
+    """Smallest |ReLU input| over one train-mode forward (BN statistics restored after)."""
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    found = [float("inf")]
+    hooks = [m.register_forward_pre_hook(lambda m, inp: found.__setitem__(0, min(found[0], float(inp[0].abs().min()))))
+             for m in model.modules() if isinstance(m, torch.nn.ReLU)]
+    with torch.no_grad():
+        model(x)
+    for h in hooks:
+        h.remove()
+    model.load_state_dict(state)
+    return found[0]
+
+
+def pick_input_seed(model, batch, size):
+    n = batch * 3 * size * size
+    for seed in range(INPUT_SEED, INPUT_SEED + 64):
+        x = torch.from_numpy(uniform_fast(SplitMix64(seed), n, -2.0, 2.0)).reshape(batch, 3, size, size)
+        margin = min_relu_input(model, x)
+        if margin >= MIN_RELU_MARGIN:
+            return seed, margin
+    raise SystemExit("no input seed with a safe ReLU margin; raise the search range")
 
 
 def store(tensors, prefix, name, t, sampled):
@@ -54,10 +87,15 @@ def main():
     meta = {}
     for arch, batch, size, classes, sampled in CASES:
         model = cifar_resnet.get_model(arch) if arch == "resnet20" else torchvision.models.get_model(arch)
-        model.load_state_dict(seeded_state_dict(model, WEIGHT_SEED))
+        sd = seeded_state_dict(model, WEIGHT_SEED)
+        for k in sd:
+            if k.endswith(".bias") and not k.startswith("fc."):
+                sd[k] = sd[k] + BN_BIAS_SHIFT
+        model.load_state_dict(sd)
         model.train()
         n = batch * 3 * size * size
-        x = torch.from_numpy(uniform_fast(SplitMix64(INPUT_SEED), n, -2.0, 2.0)).reshape(batch, 3, size, size)
+        seed, margin = pick_input_seed(model, batch, size)
+        x = torch.from_numpy(uniform_fast(SplitMix64(seed), n, -2.0, 2.0)).reshape(batch, 3, size, size)
         y = seeded_labels(batch, classes)
         opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4)
         tensors = {}
@@ -72,7 +110,8 @@ def main():
                 for name, b in model.named_buffers():
                     if b.is_floating_point():
                         store(tensors, "running", name, b, False)
-                meta[arch] = {"loss": float(loss), "labels": y.tolist()}
+                meta[arch] = {"loss": float(loss.detach()), "labels": y.tolist(), "input_seed": seed,
+                              "min_relu_margin": margin}
             opt.step()
         for name, p in model.named_parameters():
             store(tensors, "step3", name, p, sampled)

@@ -54,8 +54,12 @@ impl ConvBn {
         let c = y.shape[3];
         let epilogue = Epilogue { residual: residual.map(|r| r.data.as_slice()), relu, ..Epilogue::default() };
         apply_epilogue(&mut y.data, c, &epilogue);
-        let cache =
-            ConvBnCache { input: x.clone(), bn: saved, output: relu.then(|| y.clone()), had_residual: residual.is_some() };
+        let cache = ConvBnCache {
+            input: x.clone(),
+            bn: saved,
+            output: relu.then(|| y.clone()),
+            had_residual: residual.is_some(),
+        };
         Ok((y, cache))
     }
 
