@@ -32,6 +32,73 @@ pub struct Args {
     /// One JSON object per batch size on stdout (JSON Lines).
     #[arg(long)]
     json: bool,
+    /// Measure training steps (forward, cross-entropy, backward, SGD momentum step) instead
+    /// of inference; e.g. --train --arch resnet20 --batch 128 --input 32.
+    #[arg(long)]
+    train: bool,
+}
+
+#[derive(Serialize)]
+struct TrainBenchResult {
+    arch: String,
+    batch: usize,
+    input: usize,
+    threads: usize,
+    iters: usize,
+    step_ms_median: f64,
+    train_images_per_sec_median: f64,
+    peak_rss_mb: f64,
+}
+
+/// Full training steps on seeded data: the same work `resnet train` does per batch.
+fn run_train(args: &Args, threads: usize) -> anyhow::Result<()> {
+    let config = resnet_core::ResNetConfig::from_name(&args.arch)?;
+    let classes = config.num_classes;
+    let mut model = ResNet::new(config)?;
+    seed_parameters(&mut model, 0);
+    let mut sgd = resnet_train::Sgd::new(resnet_train::SgdConfig {
+        momentum: 0.9,
+        dampening: 0.0,
+        nesterov: false,
+        weight_decay: 5e-4,
+    })?;
+    for &batch in &args.batch {
+        let s = args.input;
+        let x = Tensor::nchw_to_nhwc([batch, 3, s, s], &seeded_values(1, batch * 3 * s * s, -2.0, 2.0));
+        let labels: Vec<usize> = (0..batch).map(|i| i % classes).collect();
+        let mut times = Vec::new();
+        for i in 0..args.warmup + args.iters {
+            let t = Instant::now();
+            let (logits, cache) = model.forward_train(&x)?;
+            let (_, grad) = resnet_core::kernels::loss::softmax_cross_entropy(&logits, &labels, 0.0)?;
+            model.backward(&grad, cache);
+            resnet_train::sgd_step_model(&mut model, &mut sgd, 0.01, false, false)?;
+            if i >= args.warmup {
+                times.push(t.elapsed().as_secs_f64() * 1e3);
+            }
+        }
+        let med = median(&mut times);
+        let r = TrainBenchResult {
+            arch: args.arch.clone(),
+            batch,
+            input: s,
+            threads,
+            iters: args.iters,
+            step_ms_median: med,
+            train_images_per_sec_median: batch as f64 * 1e3 / med,
+            peak_rss_mb: peak_rss_mb(),
+        };
+        let line = if args.json {
+            serde_json::to_string(&r)?
+        } else {
+            format!(
+                "train {} batch {} @{}px, {} threads: median {:.1} ms/step, {:.1} images/s, peak RSS {:.0} MB",
+                r.arch, batch, s, threads, med, r.train_images_per_sec_median, r.peak_rss_mb
+            )
+        };
+        crate::output::emit(&format!("{line}\n"))?;
+    }
+    Ok(())
 }
 
 #[derive(Serialize)]
@@ -73,6 +140,9 @@ pub fn run(args: Args, threads: usize) -> anyhow::Result<()> {
     }
     if args.input < 32 {
         anyhow::bail!("--input {} is too small; use at least 32", args.input);
+    }
+    if args.train {
+        return run_train(&args, threads);
     }
     let mut model = ResNet::from_name(&args.arch, 1000)?;
     seed_parameters(&mut model, 0);
