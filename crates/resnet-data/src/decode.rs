@@ -14,10 +14,7 @@ use crate::{DataError, RgbImage8};
 /// Images whose header claims more than `max_pixels` pixels are refused before any pixel data
 /// is decoded. See [`decode_image_bytes`] for how colour modes are converted.
 pub fn decode_image(path: &Path, max_pixels: u64) -> Result<RgbImage8, DataError> {
-    let bytes = std::fs::read(path).map_err(|source| DataError::Read {
-        path: path.to_path_buf(),
-        source,
-    })?;
+    let bytes = std::fs::read(path).map_err(|source| DataError::Read { path: path.to_path_buf(), source })?;
     decode_image_bytes(&bytes, path, max_pixels)
 }
 
@@ -42,16 +39,10 @@ pub fn decode_image(path: &Path, max_pixels: u64) -> Result<RgbImage8, DataError
 /// the same defaults (accurate integer IDCT, "fancy" chroma upsampling), so the pixels are
 /// identical to Pillow's. CMYK/YCCK JPEGs are inverted (Adobe convention) and converted with
 /// Pillow's `cmyk2rgb` formula. 12-bit JPEGs are refused, as Pillow refuses them.
-pub fn decode_image_bytes(
-    bytes: &[u8],
-    name_for_errors: &Path,
-    max_pixels: u64,
-) -> Result<RgbImage8, DataError> {
+pub fn decode_image_bytes(bytes: &[u8], name_for_errors: &Path, max_pixels: u64) -> Result<RgbImage8, DataError> {
     let path = name_for_errors;
     if bytes.is_empty() {
-        return Err(DataError::EmptyFile {
-            path: path.to_path_buf(),
-        });
+        return Err(DataError::EmptyFile { path: path.to_path_buf() });
     }
     // The decoders are third-party code fed untrusted bytes; should one of them panic, report
     // a corrupt file instead of taking the whole program down.
@@ -60,18 +51,12 @@ pub fn decode_image_bytes(
 }
 
 fn decode_checked(bytes: &[u8], path: &Path, max_pixels: u64) -> Result<RgbImage8, DataError> {
-    let reader = ImageReader::new(Cursor::new(bytes))
-        .with_guessed_format()
-        .map_err(|e| corrupt(path, e))?;
+    let reader = ImageReader::new(Cursor::new(bytes)).with_guessed_format().map_err(|e| corrupt(path, e))?;
     let format = match reader.format() {
         Some(f @ (ImageFormat::Png | ImageFormat::WebP | ImageFormat::Bmp)) => f,
         Some(ImageFormat::Jpeg) => return decode_jpeg(bytes, path, max_pixels),
         Some(ImageFormat::Gif) => return decode_gif(bytes, path, max_pixels),
-        _ => {
-            return Err(DataError::NotAnImage {
-                path: path.to_path_buf(),
-            })
-        }
+        _ => return Err(DataError::NotAnImage { path: path.to_path_buf() }),
     };
 
     let mut reader = reader;
@@ -95,45 +80,23 @@ fn decode_checked(bytes: &[u8], path: &Path, max_pixels: u64) -> Result<RgbImage
             rescale_bmp16_like_pillow(&mut pixels, green_bits);
         }
     }
-    Ok(RgbImage8 {
-        width,
-        height,
-        pixels,
-    })
+    Ok(RgbImage8 { width, height, pixels })
 }
 
 /// The image crate's allocation cap must admit any image within the pixel budget (its default
 /// of 512 MiB would refuse some), with room for 16-bit RGBA plus decoder scratch space.
 fn decoder_limits(max_pixels: u64) -> Limits {
     let mut limits = Limits::default();
-    limits.max_alloc = Some(
-        max_pixels
-            .saturating_mul(8)
-            .saturating_add(256 << 20)
-            .max(512 << 20),
-    );
+    limits.max_alloc = Some(max_pixels.saturating_mul(8).saturating_add(256 << 20).max(512 << 20));
     limits
 }
 
-fn check_pixel_budget(
-    path: &Path,
-    width: u64,
-    height: u64,
-    max_pixels: u64,
-) -> Result<(), DataError> {
+fn check_pixel_budget(path: &Path, width: u64, height: u64, max_pixels: u64) -> Result<(), DataError> {
     if width == 0 || height == 0 {
-        return Err(corrupt(
-            path,
-            format!("header gives a size of {width}x{height}"),
-        ));
+        return Err(corrupt(path, format!("header gives a size of {width}x{height}")));
     }
     if width.saturating_mul(height) > max_pixels {
-        return Err(DataError::TooManyPixels {
-            path: path.to_path_buf(),
-            width,
-            height,
-            max_pixels,
-        });
+        return Err(DataError::TooManyPixels { path: path.to_path_buf(), width, height, max_pixels });
     }
     Ok(())
 }
@@ -183,10 +146,7 @@ fn to_rgb8(image: DynamicImage, png_grey16: bool) -> Option<Vec<u8>> {
     let high_byte = |v: u16| (v >> 8) as u8;
     let rgb = match image {
         DynamicImage::ImageRgb8(buf) => buf.into_raw(),
-        DynamicImage::ImageRgba8(buf) => buf
-            .chunks_exact(4)
-            .flat_map(|p| [p[0], p[1], p[2]])
-            .collect(),
+        DynamicImage::ImageRgba8(buf) => buf.chunks_exact(4).flat_map(|p| [p[0], p[1], p[2]]).collect(),
         DynamicImage::ImageLuma8(buf) => buf.iter().flat_map(|&v| [v; 3]).collect(),
         DynamicImage::ImageLumaA8(buf) => buf.chunks_exact(2).flat_map(|p| [p[0]; 3]).collect(),
         DynamicImage::ImageLuma16(buf) => buf.iter().flat_map(|&v| [clip(v); 3]).collect(),
@@ -195,10 +155,9 @@ fn to_rgb8(image: DynamicImage, png_grey16: bool) -> Option<Vec<u8>> {
             buf.chunks_exact(2).flat_map(|p| [grey(p[0]); 3]).collect()
         }
         DynamicImage::ImageRgb16(buf) => buf.iter().map(|&v| high_byte(v)).collect(),
-        DynamicImage::ImageRgba16(buf) => buf
-            .chunks_exact(4)
-            .flat_map(|p| [high_byte(p[0]), high_byte(p[1]), high_byte(p[2])])
-            .collect(),
+        DynamicImage::ImageRgba16(buf) => {
+            buf.chunks_exact(4).flat_map(|p| [high_byte(p[0]), high_byte(p[1]), high_byte(p[2])]).collect()
+        }
         _ => return None,
     };
     Some(rgb)
@@ -222,10 +181,7 @@ fn decode_jpeg(bytes: &[u8], path: &Path, max_pixels: u64) -> Result<RgbImage8, 
     check_pixel_budget(path, u64::from(width), u64::from(height), max_pixels)?;
     if header.precision != 8 {
         let detail = format!("{}-bit samples", header.precision);
-        return Err(DataError::UnsupportedImage {
-            path: path.to_path_buf(),
-            detail,
-        });
+        return Err(DataError::UnsupportedImage { path: path.to_path_buf(), detail });
     }
 
     let format = match decoder.jpeg_color_space() {
@@ -234,34 +190,21 @@ fn decode_jpeg(bytes: &[u8], path: &Path, max_pixels: u64) -> Result<RgbImage8, 
         ColorSpace::Cmyk | ColorSpace::Ycck => PixelFormat::Cmyk,
         ColorSpace::Unknown => {
             let detail = format!("{} colour components", header.components.len());
-            return Err(DataError::UnsupportedImage {
-                path: path.to_path_buf(),
-                detail,
-            });
+            return Err(DataError::UnsupportedImage { path: path.to_path_buf(), detail });
         }
     };
     decoder.set_output_format(format);
     let image = decoder.decode_image().map_err(jpeg_error)?;
     let expected_len = width as usize * height as usize * format.bytes_per_pixel();
-    if (image.width, image.height, image.data.len())
-        != (width as usize, height as usize, expected_len)
-    {
+    if (image.width, image.height, image.data.len()) != (width as usize, height as usize, expected_len) {
         return Err(corrupt(path, "decoder returned an unexpected image size"));
     }
     let pixels = match format {
         PixelFormat::Grayscale => image.data.iter().flat_map(|&v| [v; 3]).collect(),
-        PixelFormat::Cmyk => image
-            .data
-            .chunks_exact(4)
-            .flat_map(adobe_cmyk_to_rgb)
-            .collect(),
+        PixelFormat::Cmyk => image.data.chunks_exact(4).flat_map(adobe_cmyk_to_rgb).collect(),
         _ => image.data,
     };
-    Ok(RgbImage8 {
-        width,
-        height,
-        pixels,
-    })
+    Ok(RgbImage8 { width, height, pixels })
 }
 
 /// Pillow reads 4-channel JPEG samples as inverted CMYK (Adobe's convention, raw mode
@@ -273,8 +216,7 @@ fn adobe_cmyk_to_rgb(stored: &[u8]) -> [u8; 3] {
         ((t >> 8) + t) >> 8
     };
     let not_black = u32::from(stored[3]); // = 255 - inverted K
-    let channel =
-        |stored_c: u8| (not_black - muldiv255(255 - u32::from(stored_c), not_black)) as u8;
+    let channel = |stored_c: u8| (not_black - muldiv255(255 - u32::from(stored_c), not_black)) as u8;
     [channel(stored[0]), channel(stored[1]), channel(stored[2])]
 }
 
@@ -287,8 +229,8 @@ fn decode_gif(bytes: &[u8], path: &Path, max_pixels: u64) -> Result<RgbImage8, D
     options.set_color_output(gif::ColorOutput::Indexed);
     // The indexed frame buffer is one byte per pixel; the budget check below runs first, so
     // this only guards against frames the check cannot see.
-    let frame_bytes = std::num::NonZeroU64::new(max_pixels.max(1))
-        .map_or(gif::MemoryLimit::Unlimited, gif::MemoryLimit::Bytes);
+    let frame_bytes =
+        std::num::NonZeroU64::new(max_pixels.max(1)).map_or(gif::MemoryLimit::Unlimited, gif::MemoryLimit::Bytes);
     options.set_memory_limit(frame_bytes);
     let mut decoder = options.read_info(bytes).map_err(gif_error)?;
     let (screen_width, screen_height) = (u32::from(decoder.width()), u32::from(decoder.height()));
@@ -308,9 +250,7 @@ fn decode_gif(bytes: &[u8], path: &Path, max_pixels: u64) -> Result<RgbImage8, D
     check_pixel_budget(path, u64::from(width), u64::from(height), max_pixels)?;
 
     let mut frame_indices = vec![0u8; decoder.buffer_size()];
-    decoder
-        .read_into_buffer(&mut frame_indices)
-        .map_err(gif_error)?;
+    decoder.read_into_buffer(&mut frame_indices).map_err(gif_error)?;
 
     let (width_us, frame_width_us) = (width as usize, frame_width as usize);
     let mut canvas = vec![transparent.unwrap_or(0); width_us * height as usize];
@@ -325,10 +265,7 @@ fn decode_gif(bytes: &[u8], path: &Path, max_pixels: u64) -> Result<RgbImage8, D
 
     // Pillow treats a palette that is the identity grey ramp as "no palette": mode L, where the
     // index itself is the grey level (this only matters for indices beyond the palette).
-    let identity_ramp = palette
-        .chunks_exact(3)
-        .enumerate()
-        .all(|(i, c)| c.iter().all(|&v| usize::from(v) == i));
+    let identity_ramp = palette.chunks_exact(3).enumerate().all(|(i, c)| c.iter().all(|&v| usize::from(v) == i));
     let pixels = canvas
         .iter()
         .flat_map(|&index| {
@@ -340,32 +277,19 @@ fn decode_gif(bytes: &[u8], path: &Path, max_pixels: u64) -> Result<RgbImage8, D
             }
         })
         .collect();
-    Ok(RgbImage8 {
-        width,
-        height,
-        pixels,
-    })
+    Ok(RgbImage8 { width, height, pixels })
 }
 
 fn corrupt(path: &Path, detail: impl std::fmt::Display) -> DataError {
-    DataError::CorruptImage {
-        path: path.to_path_buf(),
-        detail: one_line(detail),
-    }
+    DataError::CorruptImage { path: path.to_path_buf(), detail: one_line(detail) }
 }
 
 fn image_error(path: &Path, error: ImageError) -> DataError {
     match error {
-        ImageError::Unsupported(e) => DataError::UnsupportedImage {
-            path: path.to_path_buf(),
-            detail: one_line(e),
-        },
+        ImageError::Unsupported(e) => DataError::UnsupportedImage { path: path.to_path_buf(), detail: one_line(e) },
         ImageError::Limits(e) => DataError::UnsupportedImage {
             path: path.to_path_buf(),
-            detail: format!(
-                "{}; a larger --max-pixels raises the memory allowance",
-                one_line(e)
-            ),
+            detail: format!("{}; a larger --max-pixels raises the memory allowance", one_line(e)),
         },
         other => corrupt(path, other),
     }

@@ -10,17 +10,11 @@ use std::path::PathBuf;
 pub enum DataError {
     /// The file could not be read (missing, permissions, I/O error).
     #[error("cannot read {}: {source}", path.display())]
-    Read {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Read { path: PathBuf, source: std::io::Error },
 
     /// The file could not be written.
     #[error("cannot write {}: {source}; check that the directory exists and is writable", path.display())]
-    Write {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Write { path: PathBuf, source: std::io::Error },
 
     /// The file has no content at all.
     #[error("{}: the file is empty; expected a JPEG, PNG, WebP, BMP or GIF image", path.display())]
@@ -49,12 +43,7 @@ pub enum DataError {
         path.display(),
         pixels = *width as u128 * *height as u128
     )]
-    TooManyPixels {
-        path: PathBuf,
-        width: u64,
-        height: u64,
-        max_pixels: u64,
-    },
+    TooManyPixels { path: PathBuf, width: u64, height: u64, max_pixels: u64 },
 
     /// A `.npy` file that is malformed or holds something other than float32/float64 data.
     #[error("{}: invalid .npy file: {detail}", path.display())]
@@ -63,9 +52,5 @@ pub enum DataError {
 
 /// Error details from third-party decoders sometimes span lines; keep messages on one line.
 pub(crate) fn one_line(detail: impl std::fmt::Display) -> String {
-    detail
-        .to_string()
-        .split_whitespace()
-        .collect::<Vec<_>>()
-        .join(" ")
+    detail.to_string().split_whitespace().collect::<Vec<_>>().join(" ")
 }

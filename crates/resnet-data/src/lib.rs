@@ -34,8 +34,8 @@ pub use preprocess::{preprocess, Preprocess, IMAGENET_MEAN, IMAGENET_STD};
 
 pub use augment::Augment;
 pub use dataset::{
-    open_dataset, split_holdout, ArrayDataset, Dataset, DatasetError, DatasetKind, DatasetSplits,
-    ImageFolder, Normalization, Pixels, Sample, Subset,
+    open_dataset, split_holdout, ArrayDataset, Dataset, DatasetError, DatasetKind, DatasetSplits, ImageFolder,
+    Normalization, Pixels, Sample, Subset,
 };
 pub use loader::{Batch, Batches, Loader, LoaderConfig};
 pub use rng::Rng;
@@ -63,11 +63,7 @@ pub struct RgbImage8 {
 pub fn is_image_path(path: &Path) -> bool {
     path.extension()
         .and_then(|ext| ext.to_str())
-        .is_some_and(|ext| {
-            IMAGE_EXTENSIONS
-                .iter()
-                .any(|known| ext.eq_ignore_ascii_case(known))
-        })
+        .is_some_and(|ext| IMAGE_EXTENSIONS.iter().any(|known| ext.eq_ignore_ascii_case(known)))
 }
 
 #[cfg(test)]

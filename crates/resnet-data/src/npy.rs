@@ -18,19 +18,11 @@ const MAGIC: &[u8] = b"\x93NUMPY";
 /// Fortran order and files whose data is shorter or longer than the shape says are refused
 /// with an error naming the file.
 pub fn read_npy_f32(path: &Path) -> Result<(Vec<usize>, Vec<f32>), DataError> {
-    let bytes = fs::read(path).map_err(|source| DataError::Read {
-        path: path.to_path_buf(),
-        source,
-    })?;
-    let invalid = |detail: String| DataError::InvalidNpy {
-        path: path.to_path_buf(),
-        detail,
-    };
+    let bytes = fs::read(path).map_err(|source| DataError::Read { path: path.to_path_buf(), source })?;
+    let invalid = |detail: String| DataError::InvalidNpy { path: path.to_path_buf(), detail };
 
     if bytes.len() < 10 || !bytes.starts_with(MAGIC) {
-        return Err(invalid(
-            "missing the \\x93NUMPY magic; is this a .npy file?".into(),
-        ));
+        return Err(invalid("missing the \\x93NUMPY magic; is this a .npy file?".into()));
     }
     let (header_len, header_start) = match bytes[6] {
         1 => (usize::from(u16::from_le_bytes([bytes[8], bytes[9]])), 10),
@@ -62,9 +54,7 @@ pub fn read_npy_f32(path: &Path) -> Result<(Vec<usize>, Vec<f32>), DataError> {
     match header_value(header, "fortran_order") {
         Some(v) if v.starts_with("False") => {}
         Some(v) if v.starts_with("True") => {
-            return Err(invalid(
-                "array is in Fortran order; save it C-ordered (numpy: np.ascontiguousarray)".into(),
-            ))
+            return Err(invalid("array is in Fortran order; save it C-ordered (numpy: np.ascontiguousarray)".into()))
         }
         _ => return Err(invalid(format!("no 'fortran_order' in header {header:?}"))),
     }
@@ -77,11 +67,7 @@ pub fn read_npy_f32(path: &Path) -> Result<(Vec<usize>, Vec<f32>), DataError> {
         .try_fold(item_size, |acc, &dim| acc.checked_mul(dim))
         .ok_or_else(|| invalid(format!("shape {shape:?} is too large")))?;
     if data.len() != expected_len {
-        let what = if data.len() < expected_len {
-            "truncated"
-        } else {
-            "has trailing bytes"
-        };
+        let what = if data.len() < expected_len { "truncated" } else { "has trailing bytes" };
         return Err(invalid(format!(
             "{what}: shape {shape:?} needs {expected_len} data bytes but the file has {}",
             data.len()
@@ -89,9 +75,7 @@ pub fn read_npy_f32(path: &Path) -> Result<(Vec<usize>, Vec<f32>), DataError> {
     }
 
     let values = if item_size == 4 {
-        data.chunks_exact(4)
-            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-            .collect()
+        data.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect()
     } else {
         data.chunks_exact(8)
             .map(|b| f64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]) as f32)
@@ -105,16 +89,11 @@ pub fn read_npy_f32(path: &Path) -> Result<(Vec<usize>, Vec<f32>), DataError> {
 /// The file is written atomically: to a temporary file in the same directory, flushed to disk,
 /// then renamed over `path`, so readers never see a half-written file.
 pub fn write_npy_f32(path: &Path, shape: &[usize], data: &[f32]) -> Result<(), DataError> {
-    let count = shape
-        .iter()
-        .try_fold(1usize, |acc, &dim| acc.checked_mul(dim));
+    let count = shape.iter().try_fold(1usize, |acc, &dim| acc.checked_mul(dim));
     if count != Some(data.len()) {
         return Err(DataError::InvalidNpy {
             path: path.to_path_buf(),
-            detail: format!(
-                "shape {shape:?} does not match {} values to write",
-                data.len()
-            ),
+            detail: format!("shape {shape:?} does not match {} values to write", data.len()),
         });
     }
 
@@ -153,25 +132,14 @@ fn header_value<'a>(header: &'a str, key: &str) -> Option<&'a str> {
 /// Parses the tuple at the start of `text`: `()`, `(5,)` or `(3, 224, 224)`.
 fn parse_shape(text: &str) -> Option<Vec<usize>> {
     let inner = text.strip_prefix('(')?.split(')').next()?;
-    inner
-        .split(',')
-        .map(str::trim)
-        .filter(|dim| !dim.is_empty())
-        .map(|dim| dim.parse().ok())
-        .collect()
+    inner.split(',').map(str::trim).filter(|dim| !dim.is_empty()).map(|dim| dim.parse().ok()).collect()
 }
 
 fn write_atomically(path: &Path, contents: &[u8]) -> Result<(), DataError> {
-    let write_error = |source| DataError::Write {
-        path: path.to_path_buf(),
-        source,
-    };
-    let file_name = path.file_name().ok_or_else(|| {
-        write_error(std::io::Error::new(
-            std::io::ErrorKind::InvalidInput,
-            "path has no file name",
-        ))
-    })?;
+    let write_error = |source| DataError::Write { path: path.to_path_buf(), source };
+    let file_name = path
+        .file_name()
+        .ok_or_else(|| write_error(std::io::Error::new(std::io::ErrorKind::InvalidInput, "path has no file name")))?;
     let mut temp_name = std::ffi::OsString::from(".");
     temp_name.push(file_name);
     temp_name.push(format!(".{}.tmp", std::process::id()));

@@ -28,21 +28,13 @@ impl Preprocess {
     /// The classic ImageNet evaluation transform (torchvision `IMAGENET1K_V1` weights):
     /// resize to 256, centre crop 224, ImageNet mean/std.
     pub fn imagenet() -> Self {
-        Preprocess {
-            resize: 256,
-            crop: 224,
-            mean: IMAGENET_MEAN,
-            std: IMAGENET_STD,
-        }
+        Preprocess { resize: 256, crop: 224, mean: IMAGENET_MEAN, std: IMAGENET_STD }
     }
 
     /// The ImageNet transform with a different resize, e.g. 232 for torchvision's
     /// `ResNet50_Weights.IMAGENET1K_V2`.
     pub fn imagenet_with_resize(resize: u32) -> Self {
-        Preprocess {
-            resize,
-            ..Self::imagenet()
-        }
+        Preprocess { resize, ..Self::imagenet() }
     }
 }
 
@@ -58,14 +50,8 @@ impl Preprocess {
 /// `image.pixels` is not `width * height * 3` bytes long. Images from
 /// [`decode_image`](crate::decode_image) always satisfy the last two.
 pub fn preprocess(image: &RgbImage8, params: &Preprocess) -> Vec<f32> {
-    assert!(
-        params.resize > 0 && params.crop > 0,
-        "resize and crop must be positive"
-    );
-    assert!(
-        image.width > 0 && image.height > 0,
-        "image has a zero dimension"
-    );
+    assert!(params.resize > 0 && params.crop > 0, "resize and crop must be positive");
+    assert!(image.width > 0 && image.height > 0, "image has a zero dimension");
     assert_eq!(
         image.pixels.len(),
         image.width as usize * image.height as usize * 3,
@@ -88,11 +74,7 @@ pub fn preprocess(image: &RgbImage8, params: &Preprocess) -> Vec<f32> {
 /// Output size of torchvision's `Resize(size)` with a single int: the shorter side becomes
 /// `size` and the longer side `int(size * long / short)` (computed in f64 and truncated).
 fn resized_size(width: u32, height: u32, size: u32) -> (u32, u32) {
-    let (short, long) = if width <= height {
-        (width, height)
-    } else {
-        (height, width)
-    };
+    let (short, long) = if width <= height { (width, height) } else { (height, width) };
     // Python multiplies as integers, then divides as floats.
     let product = u64::from(size) * u64::from(long);
     let new_long = (product as f64 / f64::from(short)) as u32;
@@ -137,16 +119,10 @@ struct AxisCrop {
 impl AxisCrop {
     fn new(side: usize, crop: usize) -> Self {
         if crop > side {
-            AxisCrop {
-                source: 0..side,
-                dest_start: (crop - side) / 2,
-            }
+            AxisCrop { source: 0..side, dest_start: (crop - side) / 2 }
         } else {
             let start = round_half_to_even_half(side - crop);
-            AxisCrop {
-                source: start..start + crop,
-                dest_start: 0,
-            }
+            AxisCrop { source: start..start + crop, dest_start: 0 }
         }
     }
 }
@@ -179,16 +155,7 @@ mod tests {
 
     #[test]
     fn crop_offsets_round_half_to_even() {
-        let expected = [
-            (0, 0),
-            (1, 0),
-            (2, 1),
-            (3, 2),
-            (5, 2),
-            (7, 4),
-            (33, 16),
-            (35, 18),
-        ];
+        let expected = [(0, 0), (1, 0), (2, 1), (3, 2), (5, 2), (7, 4), (33, 16), (35, 18)];
         for (n, offset) in expected {
             assert_eq!(round_half_to_even_half(n), offset, "round({n} / 2)");
         }
@@ -198,11 +165,7 @@ mod tests {
     fn crop_pads_small_images_with_black() {
         // A 1x2 image cropped to 4: one black column left, two right; one black row above and
         // below.
-        let image = RgbImage8 {
-            width: 1,
-            height: 2,
-            pixels: vec![1, 1, 1, 2, 2, 2],
-        };
+        let image = RgbImage8 { width: 1, height: 2, pixels: vec![1, 1, 1, 2, 2, 2] };
         let out = resize_and_crop(&image, 1, 2, 4);
         let grey: Vec<u8> = out.chunks_exact(3).map(|p| p[0]).collect();
         assert_eq!(grey, [0, 0, 0, 0, 0, 1, 0, 0, 0, 2, 0, 0, 0, 0, 0, 0]);
@@ -211,11 +174,8 @@ mod tests {
     #[test]
     fn thin_images_do_not_materialise_the_whole_upscaled_image() {
         // 1 x 20000 resizes to 256 x 5,120,000 (about 4 GB of RGB); only the crop is computed.
-        let image = RgbImage8 {
-            width: 1,
-            height: 20_000,
-            pixels: (0..20_000u32).flat_map(|y| [(y % 256) as u8; 3]).collect(),
-        };
+        let image =
+            RgbImage8 { width: 1, height: 20_000, pixels: (0..20_000u32).flat_map(|y| [(y % 256) as u8; 3]).collect() };
         let out = preprocess(&image, &Preprocess::imagenet());
         assert_eq!(out.len(), 224 * 224 * 3);
     }

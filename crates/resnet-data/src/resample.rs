@@ -43,10 +43,7 @@ impl AxisWeights {
 
     fn taps(&self, out_index: usize) -> (usize, &[i32]) {
         let start = out_index * self.stride;
-        (
-            self.first[out_index],
-            &self.weights[start..start + self.count[out_index]],
-        )
+        (self.first[out_index], &self.weights[start..start + self.count[out_index]])
     }
 }
 
@@ -98,12 +95,7 @@ fn axis_weights(in_size: usize, out_size: usize, outputs: Range<usize>) -> AxisW
         first.push(start);
         count.push(taps);
     }
-    AxisWeights {
-        first,
-        count,
-        weights,
-        stride,
-    }
+    AxisWeights { first, count, weights, stride }
 }
 
 /// Rounds half away from zero, then truncates, as Pillow's `normalize_coeffs_8bpc` does.
@@ -181,21 +173,12 @@ pub(crate) fn resize_bilinear_window(
             .copied()
             .collect()
     };
-    RgbImage8 {
-        width: cols.len() as u32,
-        height: rows.len() as u32,
-        pixels,
-    }
+    RgbImage8 { width: cols.len() as u32, height: rows.len() as u32, pixels }
 }
 
 /// Resamples input rows `rows` of an RGB image `in_w` pixels wide to the output columns that
 /// `weights` describes.
-fn horizontal_pass(
-    pixels: &[u8],
-    in_w: usize,
-    rows: Range<usize>,
-    weights: &AxisWeights,
-) -> Vec<u8> {
+fn horizontal_pass(pixels: &[u8], in_w: usize, rows: Range<usize>, weights: &AxisWeights) -> Vec<u8> {
     let out_row_len = weights.len() * 3;
     let mut out = vec![0u8; rows.len() * out_row_len];
     for (out_row, y) in out.chunks_exact_mut(out_row_len).zip(rows) {
@@ -260,52 +243,32 @@ mod tests {
                 let (start, taps) = w.taps(i);
                 assert!(start + taps.len() <= input);
                 let sum: i32 = taps.iter().sum();
-                assert!(
-                    (sum - (1 << PRECISION_BITS)).abs() <= taps.len() as i32,
-                    "{input}->{output} #{i}"
-                );
+                assert!((sum - (1 << PRECISION_BITS)).abs() <= taps.len() as i32, "{input}->{output} #{i}");
             }
         }
     }
 
     #[test]
     fn constant_image_stays_constant() {
-        let image = RgbImage8 {
-            width: 37,
-            height: 11,
-            pixels: [9u8, 128, 250].repeat(37 * 11),
-        };
+        let image = RgbImage8 { width: 37, height: 11, pixels: [9u8, 128, 250].repeat(37 * 11) };
         for (w, h) in [(5, 3), (100, 40), (37, 40), (12, 11), (1, 1), (37, 11)] {
             let out = resize_bilinear_window(&image, w, h, 0..w as usize, 0..h as usize);
-            assert_eq!(
-                out.pixels,
-                [9u8, 128, 250].repeat((w * h) as usize),
-                "{w}x{h}"
-            );
+            assert_eq!(out.pixels, [9u8, 128, 250].repeat((w * h) as usize), "{w}x{h}");
         }
     }
 
     #[test]
     fn windows_equal_the_same_region_of_the_full_resize() {
         let (width, height) = (23u32, 17u32);
-        let pixels = (0..width * height * 3)
-            .map(|i| (i * 7919 % 251) as u8)
-            .collect();
-        let image = RgbImage8 {
-            width,
-            height,
-            pixels,
-        };
+        let pixels = (0..width * height * 3).map(|i| (i * 7919 % 251) as u8).collect();
+        let image = RgbImage8 { width, height, pixels };
         // Shrinking, growing, one axis only, and a shape that takes the vertical-first order.
         for (w, h) in [(9, 7), (40, 30), (23, 30), (40, 17), (20, 5)] {
             let full = resize_bilinear_window(&image, w, h, 0..w as usize, 0..h as usize);
             let (cols, rows) = (2..w as usize - 1, 1..h as usize - 2);
             let window = resize_bilinear_window(&image, w, h, cols.clone(), rows.clone());
             let expected: Vec<u8> = rows
-                .flat_map(|y| {
-                    full.pixels[(y * w as usize + cols.start) * 3..(y * w as usize + cols.end) * 3]
-                        .to_vec()
-                })
+                .flat_map(|y| full.pixels[(y * w as usize + cols.start) * 3..(y * w as usize + cols.end) * 3].to_vec())
                 .collect();
             assert_eq!(window.pixels, expected, "{w}x{h}");
         }

@@ -6,26 +6,15 @@ mod common;
 use std::path::Path;
 
 use common::{fixture, png_with_idat, scratch_dir, zlib_stored};
-use resnet_data::{
-    decode_image, decode_image_bytes, read_npy_f32, write_npy_f32, DataError, DEFAULT_MAX_PIXELS,
-};
+use resnet_data::{decode_image, decode_image_bytes, read_npy_f32, write_npy_f32, DataError, DEFAULT_MAX_PIXELS};
 
 fn decode_error(bytes: &[u8], name: &str) -> DataError {
     match decode_image_bytes(bytes, Path::new(name), DEFAULT_MAX_PIXELS) {
-        Ok(image) => panic!(
-            "{name}: expected an error, decoded {}x{}",
-            image.width, image.height
-        ),
+        Ok(image) => panic!("{name}: expected an error, decoded {}x{}", image.width, image.height),
         Err(e) => {
             let message = e.to_string();
-            assert!(
-                message.contains(name),
-                "message does not name the file: {message}"
-            );
-            assert!(
-                !message.contains('\n'),
-                "message is not one line: {message}"
-            );
+            assert!(message.contains(name), "message does not name the file: {message}");
+            assert!(!message.contains('\n'), "message is not one line: {message}");
             e
         }
     }
@@ -53,25 +42,13 @@ fn corrupt_jpeg_header_is_reported() {
 
 #[test]
 fn truncated_images_are_reported() {
-    for name in [
-        "photo.jpg",
-        "alpha.png",
-        "palette.gif",
-        "photo.webp",
-        "photo.bmp",
-    ] {
+    for name in ["photo.jpg", "alpha.png", "palette.gif", "photo.webp", "photo.bmp"] {
         let file = read_fixture(name);
         // A quarter lies inside the first GIF frame (the second frame may be missing).
         for keep in [file.len() / 4, 40] {
             let error = decode_error(&file[..keep], name);
-            assert!(
-                matches!(error, DataError::CorruptImage { .. }),
-                "{name} cut to {keep}: {error}"
-            );
-            assert!(
-                error.to_string().contains("corrupt or truncated"),
-                "{error}"
-            );
+            assert!(matches!(error, DataError::CorruptImage { .. }), "{name} cut to {keep}: {error}");
+            assert!(error.to_string().contains("corrupt or truncated"), "{error}");
         }
     }
 }
@@ -105,8 +82,7 @@ fn empty_file_is_reported() {
 
 #[test]
 fn missing_file_is_reported() {
-    let error =
-        decode_image(Path::new("/nonexistent/dir/cat.jpg"), DEFAULT_MAX_PIXELS).unwrap_err();
+    let error = decode_image(Path::new("/nonexistent/dir/cat.jpg"), DEFAULT_MAX_PIXELS).unwrap_err();
     assert!(matches!(error, DataError::Read { .. }), "{error}");
     assert!(error.to_string().contains("cat.jpg"), "{error}");
 }
@@ -114,12 +90,7 @@ fn missing_file_is_reported() {
 fn assert_refused_as_too_large(bytes: &[u8], name: &str, width: u64, height: u64) {
     let error = decode_error(bytes, name);
     match &error {
-        DataError::TooManyPixels {
-            width: w,
-            height: h,
-            max_pixels,
-            ..
-        } => {
+        DataError::TooManyPixels { width: w, height: h, max_pixels, .. } => {
             assert_eq!((*w, *h, *max_pixels), (width, height, DEFAULT_MAX_PIXELS));
         }
         other => panic!("{name}: expected TooManyPixels, got {other}"),
@@ -139,10 +110,7 @@ fn enormous_png_header_is_refused_before_decoding() {
 fn enormous_jpeg_and_gif_headers_are_refused_before_decoding() {
     // Patch the frame size in the JPEG's SOF0 segment (FF C0, length, precision, height, width).
     let mut jpeg = read_fixture("photo.jpg");
-    let sof = jpeg
-        .windows(2)
-        .position(|w| w == [0xFF, 0xC0])
-        .expect("SOF0 marker");
+    let sof = jpeg.windows(2).position(|w| w == [0xFF, 0xC0]).expect("SOF0 marker");
     jpeg[sof + 5..sof + 9].copy_from_slice(&[0xFF, 0xF0, 0xFF, 0xF0]);
     assert_refused_as_too_large(&jpeg, "bomb.jpg", 65_520, 65_520);
 
@@ -172,14 +140,7 @@ fn mangled_files_never_panic() {
         state ^= state << 17;
         state
     };
-    for name in [
-        "photo.jpg",
-        "alpha.png",
-        "palette.gif",
-        "photo.webp",
-        "photo.bmp",
-        "cmyk.jpg",
-    ] {
+    for name in ["photo.jpg", "alpha.png", "palette.gif", "photo.webp", "photo.bmp", "cmyk.jpg"] {
         let original = read_fixture(name);
         for _ in 0..60 {
             let mut file = original.clone();
@@ -232,20 +193,11 @@ fn npy_round_trips_and_accepts_f64() {
     write_npy_f32(&path, &[], &[7.5]).unwrap();
     assert_eq!(read_npy_f32(&path).unwrap(), (vec![], vec![7.5]));
     // Only the final file remains: the temporary file was renamed over it.
-    let names: Vec<_> = std::fs::read_dir(&dir)
-        .unwrap()
-        .map(|e| e.unwrap().file_name())
-        .collect();
+    let names: Vec<_> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().file_name()).collect();
     assert_eq!(names, ["x.npy"]);
 
-    let doubles: Vec<u8> = [1.5f64, -2.25]
-        .iter()
-        .flat_map(|v| v.to_le_bytes())
-        .collect();
-    let f8 = npy_bytes(
-        "{'descr': '<f8', 'fortran_order': False, 'shape': (2,), }",
-        &doubles,
-    );
+    let doubles: Vec<u8> = [1.5f64, -2.25].iter().flat_map(|v| v.to_le_bytes()).collect();
+    let f8 = npy_bytes("{'descr': '<f8', 'fortran_order': False, 'shape': (2,), }", &doubles);
     std::fs::write(&path, f8).unwrap();
     assert_eq!(read_npy_f32(&path).unwrap(), (vec![2], vec![1.5, -2.25]));
 }
@@ -259,20 +211,14 @@ fn npy_write_rejects_mismatched_shape() {
 
 #[test]
 fn npy_truncated_data_is_reported() {
-    let file = npy_bytes(
-        "{'descr': '<f4', 'fortran_order': False, 'shape': (3, 4), }",
-        &[0; 20],
-    );
+    let file = npy_bytes("{'descr': '<f4', 'fortran_order': False, 'shape': (3, 4), }", &[0; 20]);
     let message = npy_error(&file, "npy_truncated_data_is_reported");
     assert!(message.contains("truncated"), "{message}");
 }
 
 #[test]
 fn npy_truncated_header_is_reported() {
-    let file = npy_bytes(
-        "{'descr': '<f4', 'fortran_order': False, 'shape': (3, 4), }",
-        &[],
-    );
+    let file = npy_bytes("{'descr': '<f4', 'fortran_order': False, 'shape': (3, 4), }", &[]);
     let message = npy_error(&file[..30], "npy_truncated_header_is_reported");
     assert!(message.contains("truncated"), "{message}");
 }
@@ -282,19 +228,13 @@ fn npy_wrong_dtypes_are_reported() {
     for descr in ["<i4", ">f4", "<f2", "|u1"] {
         let dict = format!("{{'descr': '{descr}', 'fortran_order': False, 'shape': (2,), }}");
         let message = npy_error(&npy_bytes(&dict, &[0; 8]), "npy_wrong_dtypes_are_reported");
-        assert!(
-            message.contains(descr) && message.contains("float32"),
-            "{message}"
-        );
+        assert!(message.contains(descr) && message.contains("float32"), "{message}");
     }
 }
 
 #[test]
 fn npy_fortran_order_is_reported() {
-    let file = npy_bytes(
-        "{'descr': '<f4', 'fortran_order': True, 'shape': (2, 2), }",
-        &[0; 16],
-    );
+    let file = npy_bytes("{'descr': '<f4', 'fortran_order': True, 'shape': (2, 2), }", &[0; 16]);
     let message = npy_error(&file, "npy_fortran_order_is_reported");
     assert!(message.contains("Fortran"), "{message}");
 }

@@ -44,31 +44,16 @@ fn sixteen_bit_colour_and_grey_alpha_keep_the_high_byte() {
     let rgb: Vec<u16> = VALUES_16.iter().flat_map(|&v| [v, v, v]).collect();
     assert_eq!(decode_grey(&png(8, 1, 16, 2, &[], &[be16(&rgb)])), expected);
     let rgba: Vec<u16> = VALUES_16.iter().flat_map(|&v| [v, v, v, 1234]).collect();
-    assert_eq!(
-        decode_grey(&png(8, 1, 16, 6, &[], &[be16(&rgba)])),
-        expected
-    );
+    assert_eq!(decode_grey(&png(8, 1, 16, 6, &[], &[be16(&rgba)])), expected);
     let grey_alpha: Vec<u16> = VALUES_16.iter().flat_map(|&v| [v, 1234]).collect();
-    assert_eq!(
-        decode_grey(&png(8, 1, 16, 4, &[], &[be16(&grey_alpha)])),
-        expected
-    );
+    assert_eq!(decode_grey(&png(8, 1, 16, 4, &[], &[be16(&grey_alpha)])), expected);
 }
 
 #[test]
 fn low_bit_depth_grey_is_scaled_to_full_range() {
-    assert_eq!(
-        decode_grey(&png(4, 1, 2, 0, &[], &[vec![0b0001_1011]])),
-        [0, 85, 170, 255]
-    );
-    assert_eq!(
-        decode_grey(&png(4, 1, 4, 0, &[], &[vec![0x01, 0x8f]])),
-        [0, 17, 136, 255]
-    );
-    assert_eq!(
-        decode_grey(&png(4, 1, 1, 0, &[], &[vec![0b1010_0000]])),
-        [255, 0, 255, 0]
-    );
+    assert_eq!(decode_grey(&png(4, 1, 2, 0, &[], &[vec![0b0001_1011]])), [0, 85, 170, 255]);
+    assert_eq!(decode_grey(&png(4, 1, 4, 0, &[], &[vec![0x01, 0x8f]])), [0, 17, 136, 255]);
+    assert_eq!(decode_grey(&png(4, 1, 1, 0, &[], &[vec![0b1010_0000]])), [255, 0, 255, 0]);
 }
 
 #[test]
@@ -101,9 +86,7 @@ fn grey8_is_replicated() {
 fn bmp16(pixels: &[u16], masks: Option<[u32; 3]>) -> Vec<u8> {
     let mut row: Vec<u8> = pixels.iter().flat_map(|p| p.to_le_bytes()).collect();
     row.resize(row.len().div_ceil(4) * 4, 0);
-    let extra: Vec<u8> = masks.map_or(Vec::new(), |m| {
-        m.iter().flat_map(|v| v.to_le_bytes()).collect()
-    });
+    let extra: Vec<u8> = masks.map_or(Vec::new(), |m| m.iter().flat_map(|v| v.to_le_bytes()).collect());
     let data_offset = 14 + 40 + extra.len() as u32;
     let mut file = b"BM".to_vec();
     file.extend((data_offset + row.len() as u32).to_le_bytes());
@@ -130,32 +113,15 @@ fn sixteen_bit_bmp_channels_are_widened_rounding_down() {
     let widen = |v: u16, max: u16| (u32::from(v) * 255 / u32::from(max)) as u8;
     let values: [u16; 4] = [0, 3, 17, 31];
     let rgb555: Vec<u16> = values.iter().map(|&v| (v << 10) | (v << 5) | v).collect();
-    let image = decode_image_bytes(
-        &bmp16(&rgb555, None),
-        Path::new("555.bmp"),
-        DEFAULT_MAX_PIXELS,
-    )
-    .unwrap();
+    let image = decode_image_bytes(&bmp16(&rgb555, None), Path::new("555.bmp"), DEFAULT_MAX_PIXELS).unwrap();
     let expected: Vec<u8> = values.iter().flat_map(|&v| [widen(v, 31); 3]).collect();
     assert_eq!(image.pixels, expected);
 
     let greens: [u16; 4] = [0, 1, 11, 63];
-    let rgb565: Vec<u16> = values
-        .iter()
-        .zip(greens)
-        .map(|(&v, g)| (v << 11) | (g << 5) | v)
-        .collect();
+    let rgb565: Vec<u16> = values.iter().zip(greens).map(|(&v, g)| (v << 11) | (g << 5) | v).collect();
     let masks = Some([0xF800, 0x07E0, 0x001F]);
-    let image = decode_image_bytes(
-        &bmp16(&rgb565, masks),
-        Path::new("565.bmp"),
-        DEFAULT_MAX_PIXELS,
-    )
-    .unwrap();
-    let expected: Vec<u8> = values
-        .iter()
-        .zip(greens)
-        .flat_map(|(&v, g)| [widen(v, 31), widen(g, 63), widen(v, 31)])
-        .collect();
+    let image = decode_image_bytes(&bmp16(&rgb565, masks), Path::new("565.bmp"), DEFAULT_MAX_PIXELS).unwrap();
+    let expected: Vec<u8> =
+        values.iter().zip(greens).flat_map(|(&v, g)| [widen(v, 31), widen(g, 63), widen(v, 31)]).collect();
     assert_eq!(image.pixels, expected);
 }

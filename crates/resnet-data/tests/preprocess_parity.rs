@@ -74,18 +74,11 @@ fn compare(ours_hwc: &[f32], expected_chw: &[f32], crop: usize, params: &Preproc
 #[test]
 fn preprocessing_matches_torchvision() {
     let mut failures = Vec::new();
-    println!(
-        "{:<18} {:>6} {:>4}  {:>11}  {:>10}  {:>8}",
-        "image", "resize", "crop", "worst(lvl)", "within 1", "exact"
-    );
+    println!("{:<18} {:>6} {:>4}  {:>11}  {:>10}  {:>8}", "image", "resize", "crop", "worst(lvl)", "within 1", "exact");
     for case in read_cases() {
-        let image = decode_image(&fixture_dir().join(&case.image), DEFAULT_MAX_PIXELS)
-            .unwrap_or_else(|e| panic!("{e}"));
-        let params = Preprocess {
-            resize: case.resize,
-            crop: case.crop,
-            ..Preprocess::imagenet()
-        };
+        let image =
+            decode_image(&fixture_dir().join(&case.image), DEFAULT_MAX_PIXELS).unwrap_or_else(|e| panic!("{e}"));
+        let params = Preprocess { resize: case.resize, crop: case.crop, ..Preprocess::imagenet() };
         let ours = preprocess(&image, &params);
         let (shape, expected) = read_npy_f32(&fixture_dir().join(&case.expected)).unwrap();
         let crop = case.crop as usize;
@@ -103,21 +96,11 @@ fn preprocessing_matches_torchvision() {
         );
         let must_be_exact = !case.image.ends_with(".webp");
         if result.fraction_within_one_level < 0.999 {
-            failures.push(format!(
-                "{} (resize {}): under 99.9% within one level",
-                case.image, case.resize
-            ));
+            failures.push(format!("{} (resize {}): under 99.9% within one level", case.image, case.resize));
         }
         if must_be_exact && result.fraction_exact < 1.0 {
-            failures.push(format!(
-                "{} (resize {}): not exact",
-                case.image, case.resize
-            ));
+            failures.push(format!("{} (resize {}): not exact", case.image, case.resize));
         }
     }
-    assert!(
-        failures.is_empty(),
-        "parity failures:\n{}",
-        failures.join("\n")
-    );
+    assert!(failures.is_empty(), "parity failures:\n{}", failures.join("\n"));
 }

@@ -43,6 +43,7 @@ mod metrics;
 mod plot;
 mod schedule;
 mod sgd;
+mod trainer;
 
 pub use checkpoint::{load_checkpoint, save_checkpoint, write_atomic, Checkpoint, TrainState, CHECKPOINT_FILE};
 pub use clip::{clip_grad_norm, l2_norm};
@@ -51,3 +52,4 @@ pub use metrics::{read_metrics, MetricRecord, MetricsWriter, RecordKind, METRICS
 pub use plot::{plot_curves, plot_metrics_file};
 pub use schedule::{Decay, Granularity, LrSchedule, LrScheduleSpec, Warmup};
 pub use sgd::{ParamSlot, Sgd, SgdConfig, MOMENTUM_PREFIX};
+pub use trainer::{evaluate, sgd_step_model, train, EvalResult, TrainOptions, TrainSummary};

@@ -62,7 +62,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         out = format!("{}\n", serde_json::to_string_pretty(&v)?);
     } else {
         let _ = writeln!(out, "{} on {} ({} images)", args.weights.display(), kind.name(), r.count);
-        let _ = writeln!(out, "accuracy {:.2}%  top-5 {:.2}%  loss {:.4}", 100.0 * r.accuracy(), 100.0 * r.top5(), r.loss);
+        let _ =
+            writeln!(out, "accuracy {:.2}%  top-5 {:.2}%  loss {:.4}", 100.0 * r.accuracy(), 100.0 * r.top5(), r.loss);
         let names = data.class_names().map(|n| n.to_vec());
         let _ = writeln!(out, "confusion matrix (rows: true class, columns: predicted):");
         for (i, row) in r.confusion.iter().enumerate() {

@@ -10,7 +10,6 @@ use resnet_core::{ResNet, ResNetConfig};
 use resnet_data::{open_dataset, split_holdout, Augment, Dataset, DatasetKind, Subset};
 use resnet_train::{Decay, Granularity, LrSchedule, LrScheduleSpec, SgdConfig, TrainOptions, Warmup};
 
-
 /// Train or fine-tune a network on a data set.
 ///
 /// Data: `--dataset fashion-mnist|mnist|cifar10|cifar100` (Fashion-MNIST is found where
@@ -116,12 +115,7 @@ pub fn dataset_kind(name: Option<&str>, data: Option<&PathBuf>) -> anyhow::Resul
 }
 
 /// Builds the network for a data set: CIFAR nets take the data set's channels and classes.
-pub fn build_model(
-    arch: &str,
-    in_channels: usize,
-    num_classes: usize,
-    projection: bool,
-) -> anyhow::Result<ResNet> {
+pub fn build_model(arch: &str, in_channels: usize, num_classes: usize, projection: bool) -> anyhow::Result<ResNet> {
     let mut config = ResNetConfig::from_name(arch)?.with_num_classes(num_classes).with_in_channels(in_channels);
     if projection {
         config = config.with_shortcut(Shortcut::Projection);
@@ -177,7 +171,12 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         epochs: args.epochs,
         max_steps: args.max_steps,
         batch_size: args.batch,
-        sgd: SgdConfig { momentum: args.momentum, dampening: 0.0, nesterov: args.nesterov, weight_decay: args.weight_decay },
+        sgd: SgdConfig {
+            momentum: args.momentum,
+            dampening: 0.0,
+            nesterov: args.nesterov,
+            weight_decay: args.weight_decay,
+        },
         schedule: LrSchedule::new(spec)?,
         no_decay_bn_bias: args.no_decay_bn_bias,
         label_smoothing: args.label_smoothing,
@@ -289,8 +288,7 @@ fn arch_name(model: &ResNet) -> String {
         .iter()
         .find(|n| {
             ResNetConfig::from_name(n).is_ok_and(|c| {
-                c.with_num_classes(model.config.num_classes).with_in_channels(model.config.in_channels)
-                    == model.config
+                c.with_num_classes(model.config.num_classes).with_in_channels(model.config.in_channels) == model.config
             })
         })
         .map_or_else(|| "resnet50".to_string(), |n| n.to_string())

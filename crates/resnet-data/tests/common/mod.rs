@@ -6,9 +6,7 @@
 use std::path::{Path, PathBuf};
 
 pub fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../tools/reference/fixtures/preprocess")
-        .join(name)
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tools/reference/fixtures/preprocess").join(name)
 }
 
 /// A fresh empty directory under the target dir, unique per test name.
@@ -24,11 +22,7 @@ fn crc32(bytes: &[u8]) -> u32 {
     for &byte in bytes {
         crc ^= u32::from(byte);
         for _ in 0..8 {
-            crc = if crc & 1 == 1 {
-                (crc >> 1) ^ 0xEDB8_8320
-            } else {
-                crc >> 1
-            };
+            crc = if crc & 1 == 1 { (crc >> 1) ^ 0xEDB8_8320 } else { crc >> 1 };
         }
     }
     !crc
@@ -37,11 +31,7 @@ fn crc32(bytes: &[u8]) -> u32 {
 /// A zlib stream made of uncompressed ("stored") deflate blocks.
 pub fn zlib_stored(data: &[u8]) -> Vec<u8> {
     let mut out = vec![0x78, 0x01];
-    let blocks: Vec<&[u8]> = if data.is_empty() {
-        vec![&[]]
-    } else {
-        data.chunks(65_535).collect()
-    };
+    let blocks: Vec<&[u8]> = if data.is_empty() { vec![&[]] } else { data.chunks(65_535).collect() };
     for (i, block) in blocks.iter().enumerate() {
         out.push(u8::from(i + 1 == blocks.len())); // BFINAL on the last block, BTYPE 00
         let len = block.len() as u16;
@@ -105,14 +95,7 @@ pub fn png(
         raw.push(0); // filter type "none"
         raw.extend_from_slice(row);
     }
-    png_with_idat(
-        width,
-        height,
-        bit_depth,
-        colour_type,
-        extra_chunks,
-        &zlib_stored(&raw),
-    )
+    png_with_idat(width, height, bit_depth, colour_type, extra_chunks, &zlib_stored(&raw))
 }
 
 /// Big-endian 16-bit samples, as PNG stores them.
