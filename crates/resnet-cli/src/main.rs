@@ -15,7 +15,9 @@ use clap::{Parser, Subcommand};
 ///
 /// Classify images, extract embeddings or feature maps, inspect architectures, convert
 /// checkpoints and measure speed. Weights come from torchvision checkpoints (`.pth`),
-/// safetensors files, or `--weights imagenet` (downloaded once into the cache).
+/// safetensors files, or `--weights imagenet` (downloaded once into the cache). Train and
+/// evaluate on data sets (`train`, `eval`), and rerun the paper's plain-versus-residual
+/// experiment (`experiment degradation`).
 #[derive(Parser, Debug)]
 #[command(name = "resnet", version, about, long_about, propagate_version = true)]
 struct Cli {
@@ -36,6 +38,7 @@ enum Command {
     Weights(commands::weights::Args),
     Train(commands::train::Args),
     Eval(commands::eval::Args),
+    Experiment(commands::experiment::Args),
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
@@ -56,6 +59,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Weights(a) => commands::weights::run(a),
         Command::Train(a) => commands::train::run(a),
         Command::Eval(a) => commands::eval::run(a),
+        Command::Experiment(a) => commands::experiment::run(a),
     }
 }
 

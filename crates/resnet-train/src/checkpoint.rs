@@ -134,8 +134,8 @@ fn remove_stale(run_dir: &Path, keep: &[&str]) {
     }
 }
 
-/// Loads the checkpoint that `run_dir/checkpoint.json` names.
-pub fn load_checkpoint(run_dir: &Path) -> Result<Checkpoint, TrainError> {
+/// Reads and checks `run_dir/checkpoint.json`; returns its path and contents.
+fn read_manifest(run_dir: &Path) -> Result<(PathBuf, Manifest), TrainError> {
     let path = run_dir.join(CHECKPOINT_FILE);
     let text = match std::fs::read_to_string(&path) {
         Ok(text) => text,
@@ -154,6 +154,18 @@ pub fn load_checkpoint(run_dir: &Path) -> Result<Checkpoint, TrainError> {
         let reason = format!("checkpoint format `{}`, this build reads `{FORMAT}`", manifest.format);
         return Err(TrainError::corrupt(&path, reason));
     }
+    Ok((path, manifest))
+}
+
+/// Where the run in `run_dir` stands, from its `checkpoint.json` alone (the tensor files are
+/// not read): to tell a finished run from one to resume.
+pub fn load_train_state(run_dir: &Path) -> Result<TrainState, TrainError> {
+    Ok(read_manifest(run_dir)?.1.train_state)
+}
+
+/// Loads the checkpoint that `run_dir/checkpoint.json` names.
+pub fn load_checkpoint(run_dir: &Path) -> Result<Checkpoint, TrainError> {
+    let (path, manifest) = read_manifest(run_dir)?;
     let model = load_safetensors(&tensor_path(run_dir, &path, &manifest.model)?)?;
     let optimizer_dict = load_safetensors(&tensor_path(run_dir, &path, &manifest.optimizer)?)?;
     let mut optimizer = Sgd::new(manifest.optimizer_config)?;
@@ -216,6 +228,7 @@ mod tests {
         save_checkpoint(&dir, &model(1.0), &sgd, &state(1200)).unwrap();
         let back = load_checkpoint(&dir).unwrap();
         assert_eq!(back.train_state, state(1200));
+        assert_eq!(load_train_state(&dir).unwrap(), state(1200));
         assert_eq!(back.optimizer.config(), sgd.config());
         assert_eq!(back.optimizer.momentum_buffer("conv1.weight"), sgd.momentum_buffer("conv1.weight"));
         assert_eq!(back.model.keys().collect::<Vec<_>>(), ["conv1.weight", "bn1.num_batches_tracked"]);

@@ -7,6 +7,8 @@
 //! - [`LrSchedule`]: constant, multi-step and cosine schedules with optional linear warmup,
 //!   giving torch's learning rates exactly as a pure function of the step.
 //! - [`MetricsWriter`] and [`plot_curves`]: `metrics.jsonl` and a PNG of the curves.
+//! - [`plot_degradation`] and [`plot_gradient_norms`]: the paper's plain-versus-residual
+//!   figures, from [`ErrorCurves`] and the per-layer norms of [`conv_gradient_norms`].
 //! - [`save_checkpoint`] / [`load_checkpoint`]: model, optimizer and [`TrainState`], written
 //!   atomically with [`write_atomic`].
 //!
@@ -39,17 +41,23 @@
 mod checkpoint;
 mod clip;
 mod error;
+mod figures;
+mod gradnorm;
 mod metrics;
 mod plot;
 mod schedule;
 mod sgd;
 mod trainer;
 
-pub use checkpoint::{load_checkpoint, save_checkpoint, write_atomic, Checkpoint, TrainState, CHECKPOINT_FILE};
+pub use checkpoint::{
+    load_checkpoint, load_train_state, save_checkpoint, write_atomic, Checkpoint, TrainState, CHECKPOINT_FILE,
+};
 pub use clip::{clip_grad_norm, l2_norm};
 pub use error::TrainError;
+pub use figures::{plot_degradation, plot_gradient_norms, ErrorCurves, ErrorPoint, GradientNorms};
+pub use gradnorm::{conv_gradient_norms, LayerGradient};
 pub use metrics::{read_metrics, MetricRecord, MetricsWriter, RecordKind, METRICS_FILE};
 pub use plot::{plot_curves, plot_metrics_file};
 pub use schedule::{Decay, Granularity, LrSchedule, LrScheduleSpec, Warmup};
 pub use sgd::{ParamSlot, Sgd, SgdConfig, MOMENTUM_PREFIX};
-pub use trainer::{evaluate, sgd_step_model, train, EvalResult, TrainOptions, TrainSummary};
+pub use trainer::{evaluate, first_batch, sgd_step_model, train, EvalResult, TrainOptions, TrainSummary};

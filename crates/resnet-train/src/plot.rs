@@ -5,6 +5,9 @@
 //! or graphics libraries and gives the same picture everywhere. Only epoch records are drawn;
 //! the x axis counts epochs completed (the record's 0-based `epoch` + 1). The file is replaced
 //! atomically, so a viewer refreshing it during training never reads half an image.
+//!
+//! The drawing machinery ([`Canvas`], [`axis`], [`encode_png`]) is shared with the experiment
+//! figures in `figures.rs`.
 
 use std::path::Path;
 
@@ -14,8 +17,8 @@ use crate::{write_atomic, TrainError};
 const WIDTH: usize = 1200;
 const HEIGHT: usize = 540;
 const WHITE: [u8; 3] = [255, 255, 255];
-const INK: [u8; 3] = [40, 40, 40];
-const GRID: [u8; 3] = [225, 225, 225];
+pub(crate) const INK: [u8; 3] = [40, 40, 40];
+pub(crate) const GRID: [u8; 3] = [225, 225, 225];
 const TRAIN: [u8; 3] = [31, 119, 180];
 const TEST: [u8; 3] = [230, 110, 0];
 
@@ -34,13 +37,20 @@ pub fn plot_curves(records: &[MetricRecord], out_png: &Path) -> Result<(), Train
 /// One curve: (x, y) points, `None` where the value is missing.
 type Series = Vec<(f64, Option<f64>)>;
 
-fn render(records: &[MetricRecord]) -> Canvas {
+/// The epoch records of `records` in epoch order; a later record for the same epoch (as after
+/// a resume) replaces an earlier one.
+pub(crate) fn epoch_records(records: &[MetricRecord]) -> Vec<&MetricRecord> {
     let mut epochs: Vec<&MetricRecord> = Vec::new();
     for r in records.iter().filter(|r| r.kind == RecordKind::Epoch) {
         epochs.retain(|e| e.epoch != r.epoch);
         epochs.push(r);
     }
     epochs.sort_by_key(|r| r.epoch);
+    epochs
+}
+
+fn render(records: &[MetricRecord]) -> Canvas {
+    let epochs = epoch_records(records);
     let series = |f: &dyn Fn(&MetricRecord) -> Option<f64>| -> Series {
         epochs.iter().map(|r| (r.epoch as f64 + 1.0, f(r).filter(|v| v.is_finite()))).collect()
     };
@@ -145,7 +155,7 @@ fn legend(c: &mut Canvas, cx: f32, y: f32) {
 }
 
 /// A "nice" axis covering [lo, hi] with about `target` steps of 1, 2 or 5 times a power of ten.
-fn axis(lo: f64, hi: f64, target: usize, integer: bool) -> (f64, f64, f64) {
+pub(crate) fn axis(lo: f64, hi: f64, target: usize, integer: bool) -> (f64, f64, f64) {
     let (lo, hi) = if hi > lo { (lo, hi) } else { (lo - 0.5, lo + 0.5) };
     let raw = (hi - lo) / target as f64;
     let magnitude = 10f64.powf(raw.log10().floor());
@@ -154,21 +164,21 @@ fn axis(lo: f64, hi: f64, target: usize, integer: bool) -> (f64, f64, f64) {
     ((lo / step).floor() * step, (hi / step).ceil() * step, step)
 }
 
-fn tick_label(v: f64, step: f64) -> String {
+pub(crate) fn tick_label(v: f64, step: f64) -> String {
     let decimals = (-step.log10().floor()).clamp(0.0, 6.0) as usize;
     let v = if v.abs() < step * 1e-9 { 0.0 } else { v };
     format!("{v:.decimals$}")
 }
 
 /// An RGB image being drawn.
-struct Canvas {
+pub(crate) struct Canvas {
     width: usize,
     height: usize,
     rgb: Vec<u8>,
 }
 
 impl Canvas {
-    fn new(width: usize, height: usize) -> Canvas {
+    pub(crate) fn new(width: usize, height: usize) -> Canvas {
         Canvas { width, height, rgb: WHITE.repeat(width * height) }
     }
 
@@ -195,7 +205,7 @@ impl Canvas {
     }
 
     /// An anti-aliased segment `width` pixels wide.
-    fn line(&mut self, x0: f32, y0: f32, x1: f32, y1: f32, width: f32, color: [u8; 3]) {
+    pub(crate) fn line(&mut self, x0: f32, y0: f32, x1: f32, y1: f32, width: f32, color: [u8; 3]) {
         let r = width / 2.0 + 1.0;
         let bounds = [x0.min(x1) - r, y0.min(y1) - r, x0.max(x1) + r, y0.max(y1) + r];
         let (dx, dy) = (x1 - x0, y1 - y0);
@@ -207,13 +217,46 @@ impl Canvas {
         });
     }
 
-    fn dot(&mut self, cx: f32, cy: f32, radius: f32, color: [u8; 3]) {
+    /// A polyline through `points`, solid, or with `dash = Some((on, off))` dashed: `on`
+    /// pixels drawn, `off` skipped, the pattern running on across vertices so that lines of
+    /// many short segments still read as dashed.
+    pub(crate) fn polyline(&mut self, points: &[(f32, f32)], width: f32, color: [u8; 3], dash: Option<(f32, f32)>) {
+        let Some((on, off)) = dash.filter(|&(on, off)| on > 0.0 && off > 0.0) else {
+            for pair in points.windows(2) {
+                self.line(pair[0].0, pair[0].1, pair[1].0, pair[1].1, width, color);
+            }
+            return;
+        };
+        let period = on + off;
+        let mut phase = 0.0f32; // position in the pattern where the segment starts
+        for pair in points.windows(2) {
+            let ((x0, y0), (x1, y1)) = (pair[0], pair[1]);
+            let len = ((x1 - x0).powi(2) + (y1 - y0).powi(2)).sqrt();
+            let at = |s: f32| (x0 + (x1 - x0) * s / len, y0 + (y1 - y0) * s / len);
+            let mut s = 0.0f32;
+            while s < len {
+                let in_period = (phase + s) % period;
+                // At least a tenth of a pixel forward, so rounding can never stall the walk.
+                if in_period < on {
+                    let end = (s + (on - in_period).max(0.1)).min(len);
+                    let ((ax, ay), (bx, by)) = (at(s), at(end));
+                    self.line(ax, ay, bx, by, width, color);
+                    s = end;
+                } else {
+                    s += (period - in_period).max(0.1);
+                }
+            }
+            phase = (phase + len) % period;
+        }
+    }
+
+    pub(crate) fn dot(&mut self, cx: f32, cy: f32, radius: f32, color: [u8; 3]) {
         let bounds = [cx - radius - 1.0, cy - radius - 1.0, cx + radius + 1.0, cy + radius + 1.0];
         self.shape(bounds, color, |x, y| (radius + 0.5 - ((x - cx).powi(2) + (y - cy).powi(2)).sqrt()).clamp(0.0, 1.0));
     }
 
     /// Draws `text` with its top-left corner at (x, y), each font pixel `scale` pixels square.
-    fn text(&mut self, x: f32, y: f32, text: &str, scale: usize, color: [u8; 3]) {
+    pub(crate) fn text(&mut self, x: f32, y: f32, text: &str, scale: usize, color: [u8; 3]) {
         let (x, y) = (x.round() as i64, y.round() as i64);
         for (i, ch) in text.chars().enumerate() {
             let code = if ch.is_ascii() { ch as usize } else { '?' as usize };
@@ -233,18 +276,18 @@ impl Canvas {
         }
     }
 
-    fn text_centered(&mut self, cx: f32, y: f32, text: &str, scale: usize, color: [u8; 3]) {
+    pub(crate) fn text_centered(&mut self, cx: f32, y: f32, text: &str, scale: usize, color: [u8; 3]) {
         let w = text_width(text, scale) as f32;
         self.text(cx - w / 2.0, y, text, scale, color);
     }
 }
 
 /// Width in pixels of `text` drawn at `scale` (8x8 glyphs).
-fn text_width(text: &str, scale: usize) -> usize {
+pub(crate) fn text_width(text: &str, scale: usize) -> usize {
     text.chars().count() * 8 * scale
 }
 
-fn encode_png(c: &Canvas) -> Result<Vec<u8>, png::EncodingError> {
+pub(crate) fn encode_png(c: &Canvas) -> Result<Vec<u8>, png::EncodingError> {
     let mut out = Vec::new();
     let mut encoder = png::Encoder::new(&mut out, c.width as u32, c.height as u32);
     encoder.set_color(png::ColorType::Rgb);
@@ -256,7 +299,7 @@ fn encode_png(c: &Canvas) -> Result<Vec<u8>, png::EncodingError> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     pub(crate) fn curves(epochs: u64) -> Vec<MetricRecord> {
@@ -276,7 +319,7 @@ mod tests {
         records
     }
 
-    fn decode(path: &Path) -> (png::OutputInfo, Vec<u8>) {
+    pub(crate) fn decode(path: &Path) -> (png::OutputInfo, Vec<u8>) {
         let decoder = png::Decoder::new(std::io::BufReader::new(std::fs::File::open(path).unwrap()));
         let mut reader = decoder.read_info().unwrap();
         let mut buf = vec![0; reader.output_buffer_size().unwrap()];
@@ -285,7 +328,7 @@ mod tests {
         (info, buf)
     }
 
-    fn count_near(rgb: &[u8], color: [u8; 3]) -> usize {
+    pub(crate) fn count_near(rgb: &[u8], color: [u8; 3]) -> usize {
         rgb.chunks_exact(3).filter(|p| p.iter().zip(&color).all(|(&a, &b)| a.abs_diff(b) < 20)).count()
     }
 
@@ -307,6 +350,25 @@ mod tests {
         let names: Vec<_> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().file_name()).collect();
         assert_eq!(names, ["curves.png"]);
         std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn dashed_lines_leave_regular_gaps() {
+        let ink = |dash| {
+            let mut c = Canvas::new(400, 20);
+            // Three segments of different lengths: the pattern runs on across the vertices.
+            c.polyline(&[(10.0, 10.0), (57.0, 10.0), (211.0, 10.0), (390.0, 10.0)], 2.0, INK, dash);
+            let row: Vec<bool> = (0..400).map(|x| c.rgb[(10 * 400 + x) * 3] < 128).collect();
+            row
+        };
+        let solid = ink(None);
+        let dashed = ink(Some((10.0, 6.0)));
+        let count = |row: &[bool]| row.iter().filter(|&&b| b).count();
+        assert!(count(&solid) >= 380, "{}", count(&solid));
+        let on = count(&dashed) as f64 / count(&solid) as f64;
+        assert!((0.55..0.9).contains(&on), "a 10-on 6-off dash (plus round caps) covers about 12/16: {on}");
+        let dashes = dashed.windows(2).filter(|w| w[0] && !w[1]).count();
+        assert!((20..=26).contains(&dashes), "380 px / 16 px per period: {dashes} dashes");
     }
 
     #[test]

@@ -164,6 +164,31 @@ pub fn sgd_step_model(
     result
 }
 
+/// The training loader's settings: shuffled by `seed` (unless turned off), whole batches only.
+fn train_loader_config(opts: &TrainOptions) -> LoaderConfig {
+    LoaderConfig {
+        shuffle: opts.shuffle,
+        drop_last: true,
+        workers: opts.workers,
+        augment: opts.augment.clone(),
+        ..LoaderConfig::new(opts.batch_size, opts.seed)
+    }
+}
+
+/// The first batch [`train`] would take from `train_data` with `opts` (epoch 0, batch 0,
+/// same order and augmentation): images `[N, H, W, C]` and labels.
+pub fn first_batch(train_data: Arc<dyn Dataset>, opts: &TrainOptions) -> Result<(Tensor, Vec<usize>), TrainError> {
+    let loader = Loader::new(train_data, train_loader_config(opts)).map_err(model_error)?;
+    let batch = loader.epoch(0).next().ok_or_else(|| {
+        TrainError::Config(format!(
+            "the training set has fewer samples than one batch of {}; lower --batch",
+            opts.batch_size
+        ))
+    })?;
+    let batch = batch.map_err(model_error)?;
+    Ok((batch_tensor(&batch)?, batch.labels))
+}
+
 fn save_weights(model: &ResNet, path: &Path) -> Result<(), TrainError> {
     save_safetensors(path, &model.state_dict()).map_err(TrainError::from)
 }
@@ -180,14 +205,7 @@ pub fn train(
 ) -> Result<TrainSummary, TrainError> {
     let started = Instant::now();
     std::fs::create_dir_all(&opts.run_dir).map_err(|e| TrainError::Io { path: opts.run_dir.clone(), source: e })?;
-    let loader_config = LoaderConfig {
-        shuffle: opts.shuffle,
-        drop_last: true,
-        workers: opts.workers,
-        augment: opts.augment.clone(),
-        ..LoaderConfig::new(opts.batch_size, opts.seed)
-    };
-    let loader = Loader::new(train_data, loader_config).map_err(model_error)?;
+    let loader = Loader::new(train_data, train_loader_config(opts)).map_err(model_error)?;
     let steps_per_epoch = loader.batches_per_epoch() as u64;
     if steps_per_epoch == 0 {
         return Err(TrainError::Config(format!(

@@ -3,6 +3,7 @@ pub mod classify;
 pub mod convert;
 pub mod embed;
 pub mod eval;
+pub mod experiment;
 pub mod summary;
 pub mod train;
 pub mod weights;

@@ -26,50 +26,8 @@ pub struct Args {
     /// torchvision one (resnet18, resnet50, ...).
     #[arg(long, default_value = "resnet20")]
     pub arch: String,
-    /// Data set: fashion-mnist, mnist, cifar10, cifar100, image-folder, npz.
-    #[arg(long)]
-    pub dataset: Option<String>,
-    /// Where the data set's files are (a directory; the .npz file itself for npz).
-    #[arg(long, value_name = "PATH")]
-    pub data: Option<PathBuf>,
-    #[arg(long, default_value_t = 30)]
-    pub epochs: u64,
-    /// Stop after this many optimizer steps (weights are still saved).
-    #[arg(long)]
-    pub max_steps: Option<u64>,
-    #[arg(long, default_value_t = 128)]
-    pub batch: usize,
-    /// Peak learning rate.
-    #[arg(long, default_value_t = 0.1)]
-    pub lr: f64,
-    #[arg(long, default_value_t = 0.9)]
-    pub momentum: f64,
-    #[arg(long)]
-    pub nesterov: bool,
-    #[arg(long, default_value_t = 5e-4)]
-    pub weight_decay: f64,
-    /// Leave BatchNorm parameters and biases out of weight decay.
-    #[arg(long)]
-    pub no_decay_bn_bias: bool,
-    /// constant, step (×gamma at each of --milestones epochs) or cosine (to 0 over the run).
-    #[arg(long, default_value = "cosine")]
-    pub schedule: String,
-    /// Epochs at which `step` multiplies the LR by --gamma (comma-separated).
-    #[arg(long, value_delimiter = ',', default_value = "")]
-    pub milestones: Vec<String>,
-    #[arg(long, default_value_t = 0.1)]
-    pub gamma: f64,
-    /// Linear warm-up over this many epochs (from 10% of --lr).
-    #[arg(long, default_value_t = 0.0)]
-    pub warmup_epochs: f64,
-    #[arg(long, default_value_t = 0.0)]
-    pub label_smoothing: f32,
-    /// Clip the gradients' total L2 norm to this.
-    #[arg(long)]
-    pub clip_grad_norm: Option<f64>,
-    /// Projection (option B) shortcuts for the CIFAR nets instead of zero-padding (A).
-    #[arg(long)]
-    pub projection_shortcuts: bool,
+    #[command(flatten)]
+    pub recipe: Recipe,
     /// Input channels (default: the data set's).
     #[arg(long)]
     pub in_channels: Option<usize>,
@@ -83,10 +41,76 @@ pub struct Args {
     /// Train only the final layer.
     #[arg(long)]
     pub freeze_backbone: bool,
+    /// Run directory for metrics, curves, weights and checkpoints.
+    #[arg(long, value_name = "RUN_DIR")]
+    pub out: Option<PathBuf>,
+    /// Continue the run in RUN_DIR from its last checkpoint (same other options).
+    #[arg(long, value_name = "RUN_DIR")]
+    pub resume: Option<PathBuf>,
+}
+
+/// The data set and the training recipe: shared by `train` and `experiment`, so that an
+/// experiment's runs can be continued with `resnet train --resume` and the same flags.
+#[derive(clap::Args, Debug, Clone, serde::Serialize)]
+pub struct Recipe {
+    /// Data set: fashion-mnist, mnist, cifar10, cifar100, image-folder, npz.
+    #[arg(long)]
+    pub dataset: Option<String>,
+    /// Where the data set's files are (a directory; the .npz file itself for npz).
+    #[arg(long, value_name = "PATH")]
+    pub data: Option<PathBuf>,
+    /// Passes over the training set.
+    #[arg(long, default_value_t = 30)]
+    pub epochs: u64,
+    /// Stop after this many optimizer steps (weights are still saved).
+    #[arg(long)]
+    pub max_steps: Option<u64>,
+    /// Images per optimizer step.
+    #[arg(long, default_value_t = 128)]
+    pub batch: usize,
+    /// Peak learning rate.
+    #[arg(long, default_value_t = 0.1)]
+    pub lr: f64,
+    /// SGD momentum.
+    #[arg(long, default_value_t = 0.9)]
+    pub momentum: f64,
+    /// Nesterov momentum.
+    #[arg(long)]
+    pub nesterov: bool,
+    /// L2 penalty added to the gradients (SGD's weight_decay).
+    #[arg(long, default_value_t = 5e-4)]
+    pub weight_decay: f64,
+    /// Leave BatchNorm parameters and biases out of weight decay.
+    #[arg(long)]
+    pub no_decay_bn_bias: bool,
+    /// constant, step (×gamma at each of --milestones epochs) or cosine (to 0 over the run).
+    #[arg(long, default_value = "cosine")]
+    pub schedule: String,
+    /// Epochs at which `step` multiplies the LR by --gamma (comma-separated).
+    #[arg(long, value_delimiter = ',', default_value = "")]
+    pub milestones: Vec<String>,
+    /// LR factor at each --milestones epoch.
+    #[arg(long, default_value_t = 0.1)]
+    pub gamma: f64,
+    /// Linear warm-up over this many epochs (from 10% of --lr).
+    #[arg(long, default_value_t = 0.0)]
+    pub warmup_epochs: f64,
+    /// Label smoothing of the cross-entropy, in [0, 1].
+    #[arg(long, default_value_t = 0.0)]
+    pub label_smoothing: f32,
+    /// Clip the gradients' total L2 norm to this.
+    #[arg(long)]
+    pub clip_grad_norm: Option<f64>,
+    /// Projection (option B) shortcuts for the CIFAR nets instead of zero-padding (A).
+    #[arg(long)]
+    pub projection_shortcuts: bool,
+    /// No random augmentation (CIFAR: pad-4 crop and flip; image folders: random resized crop).
     #[arg(long)]
     pub no_augment: bool,
+    /// Keep the data set's order instead of shuffling each epoch.
     #[arg(long)]
     pub no_shuffle: bool,
+    /// Seed of the initial weights, the data order and the augmentation.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
     /// Data-loading worker threads.
@@ -95,14 +119,9 @@ pub struct Args {
     /// Fraction of the training set held out for testing when the data set has no test split.
     #[arg(long, default_value_t = 0.1)]
     pub holdout: f64,
+    /// Write a step record to metrics.jsonl every this many steps.
     #[arg(long, default_value_t = 50)]
     pub log_every: u64,
-    /// Run directory for metrics, curves, weights and checkpoints.
-    #[arg(long, value_name = "RUN_DIR")]
-    pub out: Option<PathBuf>,
-    /// Continue the run in RUN_DIR from its last checkpoint (same other options).
-    #[arg(long, value_name = "RUN_DIR")]
-    pub resume: Option<PathBuf>,
 }
 
 pub fn dataset_kind(name: Option<&str>, data: Option<&PathBuf>) -> anyhow::Result<DatasetKind> {
@@ -123,23 +142,105 @@ pub fn build_model(arch: &str, in_channels: usize, num_classes: usize, projectio
     Ok(ResNet::new(config)?)
 }
 
-pub fn run(args: Args) -> anyhow::Result<()> {
-    let kind = dataset_kind(args.dataset.as_deref(), args.data.as_ref())?;
-    let splits = open_dataset(kind, args.data.as_deref())?;
-    let (train, test): (Arc<dyn Dataset>, Option<Arc<dyn Dataset>>) = match splits.test {
-        Some(t) => (splits.train, Some(t)),
+/// What `recipe` trains on and tests on.
+pub(crate) struct Splits {
+    pub kind: DatasetKind,
+    pub train: Arc<dyn Dataset>,
+    pub test: Option<Arc<dyn Dataset>>,
+}
+
+/// The training data and the data to test on: the data set's test split, or else a seeded
+/// `holdout` fraction of its training split.
+pub(crate) fn open_splits(recipe: &Recipe) -> anyhow::Result<Splits> {
+    let kind = dataset_kind(recipe.dataset.as_deref(), recipe.data.as_ref())?;
+    let splits = open_dataset(kind, recipe.data.as_deref())?;
+    Ok(match splits.test {
+        Some(t) => Splits { kind, train: splits.train, test: Some(t) },
         None => {
-            let h = split_holdout(splits.train.len(), args.holdout, args.seed)?;
+            let h = split_holdout(splits.train.len(), recipe.holdout, recipe.seed)?;
             let train: Arc<dyn Dataset> = Arc::new(Subset::new(splits.train.clone(), h.train)?);
             let test: Arc<dyn Dataset> = Arc::new(Subset::new(splits.train, h.holdout)?);
             eprintln!("no test split: holding out {} of {} samples for testing", test.len(), train.len() + test.len());
-            (train, Some(test))
+            Splits { kind, train, test: Some(test) }
         }
+    })
+}
+
+/// The [`TrainOptions`] of `recipe` for a training set of `train_len` samples of `kind`.
+pub(crate) fn train_options(
+    recipe: &Recipe,
+    kind: DatasetKind,
+    train_len: usize,
+    run_dir: PathBuf,
+    freeze_backbone: bool,
+) -> anyhow::Result<TrainOptions> {
+    let steps_per_epoch = (train_len / recipe.batch.max(1)) as u64;
+    let decay = match recipe.schedule.as_str() {
+        "constant" => Decay::Constant,
+        "cosine" => Decay::Cosine { t_max: recipe.epochs * steps_per_epoch, eta_min: 0.0 },
+        "step" => {
+            let milestones = recipe
+                .milestones
+                .iter()
+                .filter(|m| !m.is_empty())
+                .map(|m| m.trim().parse::<u64>().map(|e| e * steps_per_epoch))
+                .collect::<Result<Vec<_>, _>>()
+                .context("--milestones takes epoch numbers, e.g. 15,25")?;
+            Decay::MultiStep { milestones, gamma: recipe.gamma }
+        }
+        other => anyhow::bail!("--schedule {other}: choose constant, step or cosine"),
     };
+    let warmup_steps = (recipe.warmup_epochs * steps_per_epoch as f64).round() as u64;
+    let warmup = (warmup_steps > 0).then_some(Warmup { length: warmup_steps, start_factor: 0.1 });
+    let spec = LrScheduleSpec { base_lr: recipe.lr, decay, warmup, granularity: Granularity::Step };
+    Ok(TrainOptions {
+        epochs: recipe.epochs,
+        max_steps: recipe.max_steps,
+        batch_size: recipe.batch,
+        sgd: SgdConfig {
+            momentum: recipe.momentum,
+            dampening: 0.0,
+            nesterov: recipe.nesterov,
+            weight_decay: recipe.weight_decay,
+        },
+        schedule: LrSchedule::new(spec)?,
+        no_decay_bn_bias: recipe.no_decay_bn_bias,
+        label_smoothing: recipe.label_smoothing,
+        clip_grad_norm: recipe.clip_grad_norm,
+        freeze_backbone,
+        seed: recipe.seed,
+        shuffle: !recipe.no_shuffle,
+        augment: Augment::for_training(kind, !recipe.no_augment),
+        eval_augment: Augment::for_evaluation(kind),
+        workers: recipe.workers,
+        log_every: recipe.log_every,
+        run_dir,
+        progress: true,
+    })
+}
+
+/// A flag that the first Ctrl-C raises (training then finishes its step, saves a checkpoint
+/// and returns); a second Ctrl-C exits at once. Install once per process.
+pub(crate) fn stop_on_ctrl_c() -> anyhow::Result<Arc<AtomicBool>> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let handler_flag = stop.clone();
+    ctrlc::set_handler(move || {
+        if handler_flag.swap(true, Ordering::SeqCst) {
+            std::process::exit(130);
+        }
+        eprintln!("\ninterrupted: saving a checkpoint (Ctrl-C again to quit at once)");
+    })
+    .context("cannot install the Ctrl-C handler")?;
+    Ok(stop)
+}
+
+pub fn run(args: Args) -> anyhow::Result<()> {
+    let recipe = &args.recipe;
+    let Splits { kind, train, test } = open_splits(recipe)?;
     let in_channels = args.in_channels.unwrap_or(train.channels());
     let num_classes = args.num_classes.unwrap_or(train.num_classes());
-    let mut model = build_model(&args.arch, in_channels, num_classes, args.projection_shortcuts)?;
-    seed_parameters_kaiming(&mut model, args.seed);
+    let mut model = build_model(&args.arch, in_channels, num_classes, recipe.projection_shortcuts)?;
+    seed_parameters_kaiming(&mut model, recipe.seed);
     if let Some(w) = &args.weights {
         init_from(&mut model, w, num_classes)?;
     }
@@ -148,59 +249,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         (None, Some(o)) => o.clone(),
         (None, None) => PathBuf::from("runs").join(format!("{}-{}", args.arch, kind.name())),
     };
-    let steps_per_epoch = (train.len() / args.batch.max(1)) as u64;
-    let decay = match args.schedule.as_str() {
-        "constant" => Decay::Constant,
-        "cosine" => Decay::Cosine { t_max: args.epochs * steps_per_epoch, eta_min: 0.0 },
-        "step" => {
-            let milestones = args
-                .milestones
-                .iter()
-                .filter(|m| !m.is_empty())
-                .map(|m| m.trim().parse::<u64>().map(|e| e * steps_per_epoch))
-                .collect::<Result<Vec<_>, _>>()
-                .context("--milestones takes epoch numbers, e.g. 15,25")?;
-            Decay::MultiStep { milestones, gamma: args.gamma }
-        }
-        other => anyhow::bail!("--schedule {other}: choose constant, step or cosine"),
-    };
-    let warmup_steps = (args.warmup_epochs * steps_per_epoch as f64).round() as u64;
-    let warmup = (warmup_steps > 0).then_some(Warmup { length: warmup_steps, start_factor: 0.1 });
-    let spec = LrScheduleSpec { base_lr: args.lr, decay, warmup, granularity: Granularity::Step };
-    let opts = TrainOptions {
-        epochs: args.epochs,
-        max_steps: args.max_steps,
-        batch_size: args.batch,
-        sgd: SgdConfig {
-            momentum: args.momentum,
-            dampening: 0.0,
-            nesterov: args.nesterov,
-            weight_decay: args.weight_decay,
-        },
-        schedule: LrSchedule::new(spec)?,
-        no_decay_bn_bias: args.no_decay_bn_bias,
-        label_smoothing: args.label_smoothing,
-        clip_grad_norm: args.clip_grad_norm,
-        freeze_backbone: args.freeze_backbone,
-        seed: args.seed,
-        shuffle: !args.no_shuffle,
-        augment: Augment::for_training(kind, !args.no_augment),
-        eval_augment: Augment::for_evaluation(kind),
-        workers: args.workers,
-        log_every: args.log_every,
-        run_dir: run_dir.clone(),
-        progress: true,
-    };
-    let stop = Arc::new(AtomicBool::new(false));
-    let handler_flag = stop.clone();
-    // First Ctrl-C: finish the step, checkpoint, exit. Second: exit at once.
-    ctrlc::set_handler(move || {
-        if handler_flag.swap(true, Ordering::SeqCst) {
-            std::process::exit(130);
-        }
-        eprintln!("\ninterrupted: saving a checkpoint (Ctrl-C again to quit at once)");
-    })
-    .context("cannot install the Ctrl-C handler")?;
+    let opts = train_options(recipe, kind, train.len(), run_dir.clone(), args.freeze_backbone)?;
+    let stop = stop_on_ctrl_c()?;
     eprintln!(
         "training {} ({} parameters) on {} ({} train / {} test samples), run dir {}",
         args.arch,
@@ -224,7 +274,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
 
 /// torchvision's initialisation for ResNets: Kaiming-normal (fan_out, ReLU) conv weights,
 /// BN γ=1 β=0, and nn.Linear's default U(±1/sqrt(in)) for `fc`, from a seeded generator.
-fn seed_parameters_kaiming(model: &mut ResNet, seed: u64) {
+pub(crate) fn seed_parameters_kaiming(model: &mut ResNet, seed: u64) {
     use resnet_core::model::params::Parameterized;
     use resnet_core::prng::SplitMix64;
     let mut rng = SplitMix64::new(seed ^ 0x5EED);
