@@ -2,38 +2,10 @@
 //! writes: both runs, both figures, the JSON files and the summary table; then a second
 //! invocation that finds both runs finished and only redraws.
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
+mod common;
+use common::{resnet, scratch, write_cifar10};
 
-fn scratch(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("resnet-experiment-cli-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
-
-/// CIFAR-10 binary layout: per record one label byte, then 1024 R, 1024 G, 1024 B bytes.
-fn write_cifar10(dir: &Path, per_file: usize) {
-    let mut state = 7u32;
-    let mut next = move || {
-        state = state.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
-        (state >> 24) as u8
-    };
-    let files = ["data_batch_1.bin", "data_batch_2.bin", "data_batch_3.bin", "data_batch_4.bin", "data_batch_5.bin"];
-    for name in files.iter().chain(["test_batch.bin"].iter()) {
-        let mut bytes = Vec::new();
-        for i in 0..per_file {
-            let label = (i % 10) as u8;
-            bytes.push(label);
-            bytes.extend((0..3072).map(|_| next() / 4 + label * 19));
-        }
-        std::fs::write(dir.join(name), bytes).unwrap();
-    }
-}
-
-fn resnet(args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_resnet")).args(args).output().expect("runs")
-}
+use std::path::Path;
 
 fn png_size(path: &Path) -> (u32, u32) {
     let decoder = png::Decoder::new(std::io::BufReader::new(std::fs::File::open(path).unwrap()));
@@ -44,9 +16,9 @@ fn png_size(path: &Path) -> (u32, u32) {
 
 #[test]
 fn degradation_experiment_on_cifar_format_data() {
-    let data = scratch("data");
-    write_cifar10(&data, 8);
-    let out = scratch("out");
+    let data = scratch("experiment-cli", "data");
+    write_cifar10(&data, 8, 7);
+    let out = scratch("experiment-cli", "out");
     let args = [
         "--threads",
         "1",
@@ -113,7 +85,7 @@ fn degradation_experiment_on_cifar_format_data() {
 
 #[test]
 fn unknown_architectures_fail_before_any_work() {
-    let out = scratch("bad-arch");
+    let out = scratch("experiment-cli", "bad-arch");
     let o = resnet(&[
         "experiment",
         "degradation",

@@ -1,45 +1,14 @@
 //! End-to-end: `resnet train` on a tiny CIFAR-10-format data set the test writes, then
 //! `resnet eval --json` on the weights it saved, and `--resume` of the finished run.
 
-use std::path::PathBuf;
-use std::process::Command;
-
-fn scratch(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("resnet-train-cli-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
-
-/// CIFAR-10 binary layout: per record one label byte, then 1024 R, 1024 G, 1024 B bytes.
-fn write_cifar10(dir: &std::path::Path, per_file: usize) {
-    let mut state = 1u32;
-    let mut next = move || {
-        state = state.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
-        (state >> 24) as u8
-    };
-    let files = ["data_batch_1.bin", "data_batch_2.bin", "data_batch_3.bin", "data_batch_4.bin", "data_batch_5.bin"];
-    for name in files.iter().chain(["test_batch.bin"].iter()) {
-        let mut bytes = Vec::new();
-        for i in 0..per_file {
-            let label = (i % 10) as u8;
-            bytes.push(label);
-            // Class-dependent brightness so the task is learnable.
-            bytes.extend((0..3072).map(|_| next() / 4 + label * 19));
-        }
-        std::fs::write(dir.join(name), bytes).unwrap();
-    }
-}
-
-fn resnet(args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_resnet")).args(args).output().expect("runs")
-}
+mod common;
+use common::{resnet, scratch, write_cifar10};
 
 #[test]
 fn train_then_eval_on_cifar_format_data() {
-    let data = scratch("data");
-    write_cifar10(&data, 8);
-    let run = scratch("run");
+    let data = scratch("train-cli", "data");
+    write_cifar10(&data, 8, 1);
+    let run = scratch("train-cli", "run");
     let o = resnet(&[
         "train",
         "--arch",
@@ -98,7 +67,7 @@ fn train_then_eval_on_cifar_format_data() {
 
 #[test]
 fn a_missing_data_set_is_a_clear_error() {
-    let empty = scratch("empty");
+    let empty = scratch("train-cli", "empty");
     let o = resnet(&["train", "--dataset", "cifar10", "--data", empty.to_str().unwrap(), "--epochs", "1"]);
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(!o.status.success() && !err.contains("panicked"), "{err}");
