@@ -76,7 +76,9 @@ pub fn load_weights_file(model: &mut ResNet, file: &Path, strict: bool) -> anyho
     let sd = load_state_dict(file)?;
     if let Err(e) = model.load_state_dict(&sd, strict) {
         let hint = match ResNetConfig::infer_from_state_dict(&sd) {
-            Some((name, classes)) if name != model_name(model) || classes != model.config.num_classes => {
+            Some((name, classes))
+                if Some(name.as_str()) != model.config.torchvision_name() || classes != model.config.num_classes =>
+            {
                 format!(" (this checkpoint looks like {name} with {classes} classes: try --arch {name} --num-classes {classes})")
             }
             _ => String::new(),
@@ -84,13 +86,4 @@ pub fn load_weights_file(model: &mut ResNet, file: &Path, strict: bool) -> anyho
         return Err(anyhow::anyhow!("{e}{hint}")).with_context(|| format!("{}", file.display()));
     }
     Ok(())
-}
-
-fn model_name(model: &ResNet) -> String {
-    resnet_core::model::ARCHITECTURES
-        .iter()
-        .find(|n| {
-            ResNetConfig::from_name(n).is_ok_and(|c| c.with_num_classes(model.config.num_classes) == model.config)
-        })
-        .map_or_else(|| "custom".to_string(), |n| n.to_string())
 }

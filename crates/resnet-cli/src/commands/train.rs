@@ -308,7 +308,10 @@ pub(crate) fn seed_parameters_kaiming(model: &mut ResNet, seed: u64) {
 fn init_from(model: &mut ResNet, weights: &str, num_classes: usize) -> anyhow::Result<()> {
     let file = if weights.parse::<crate::pretrained::WeightsVariant>().is_ok() {
         let variant = weights.parse()?;
-        let spec = crate::pretrained::lookup(&arch_name(model), variant)?;
+        let arch = model.config.torchvision_name().ok_or_else(|| {
+            anyhow::anyhow!("--weights {weights}: pretrained weights exist only for torchvision architectures (resnet18 ... resnext101_64x4d)")
+        })?;
+        let spec = crate::pretrained::lookup(arch, variant)?;
         crate::pretrained::fetch_pretrained(spec, &crate::pretrained::default_cache_dir()?, None, true)?
     } else {
         PathBuf::from(weights)
@@ -331,15 +334,4 @@ fn init_from(model: &mut ResNet, weights: &str, num_classes: usize) -> anyhow::R
     }
     model.load_state_dict(&sd, true).with_context(|| file.display().to_string())?;
     Ok(())
-}
-
-fn arch_name(model: &ResNet) -> String {
-    resnet_core::model::ARCHITECTURES
-        .iter()
-        .find(|n| {
-            ResNetConfig::from_name(n).is_ok_and(|c| {
-                c.with_num_classes(model.config.num_classes).with_in_channels(model.config.in_channels) == model.config
-            })
-        })
-        .map_or_else(|| "resnet50".to_string(), |n| n.to_string())
 }

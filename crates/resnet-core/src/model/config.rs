@@ -192,6 +192,15 @@ impl ResNetConfig {
 }
 
 impl ResNetConfig {
+    /// torchvision's name for this configuration, whatever its head size and input
+    /// channels (`None` for the CIFAR nets and custom configurations).
+    pub fn torchvision_name(&self) -> Option<&'static str> {
+        ARCHITECTURES.iter().copied().find(|n| {
+            ResNetConfig::from_name(n)
+                .is_ok_and(|c| c.with_num_classes(self.num_classes).with_in_channels(self.in_channels) == *self)
+        })
+    }
+
     /// Guesses which family member a torchvision state_dict belongs to, from its keys and
     /// shapes: `(architecture name, num_classes)`, or `None` when it is none of them.
     /// Used to turn "missing key" into "this file is resnet18 weights".
@@ -224,10 +233,7 @@ impl ResNetConfig {
             num_classes,
             in_channels,
         };
-        ARCHITECTURES
-            .iter()
-            .find(|n| ResNetConfig::from_name(n).is_ok_and(|c| c.with_num_classes(num_classes) == config))
-            .map(|n| (n.to_string(), num_classes))
+        config.torchvision_name().map(|n| (n.to_string(), num_classes))
     }
 }
 
