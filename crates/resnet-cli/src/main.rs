@@ -42,6 +42,7 @@ enum Command {
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
+    resnet_core::kernels::memory::keep_freed_memory_for_reuse();
     let threads = cli.threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
     if threads == 0 {
         anyhow::bail!("--threads must be at least 1");

@@ -7,6 +7,7 @@ use resnet_core::model::seeded::{seed_parameters, seeded_values};
 use resnet_core::{ResNet, ResNetConfig, Tensor};
 
 fn main() {
+    resnet_core::kernels::memory::keep_freed_memory_for_reuse();
     let args: Vec<String> = std::env::args().collect();
     let arch = args.get(1).map_or("resnet20", |s| s.as_str());
     let batch: usize = args.get(2).and_then(|s| s.parse().ok()).unwrap_or(128);

@@ -11,6 +11,7 @@ mod gradcheck;
 pub mod linear;
 pub mod loss;
 pub mod matmul;
+pub mod memory;
 pub mod pool;
 pub mod pool_backward;
 pub mod shortcut;
