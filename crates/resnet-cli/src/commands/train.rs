@@ -104,7 +104,8 @@ pub struct Recipe {
     /// Projection (option B) shortcuts for the CIFAR nets instead of zero-padding (A).
     #[arg(long)]
     pub projection_shortcuts: bool,
-    /// No random augmentation (CIFAR: pad-4 crop and flip; image folders: random resized crop).
+    /// No random augmentation (by default CIFAR gets a pad-4 crop and flip, Fashion-MNIST a
+    /// pad-2 crop and flip, image folders a random resized crop and flip, MNIST and npz none).
     #[arg(long)]
     pub no_augment: bool,
     /// Keep the data set's order instead of shuffling each epoch.

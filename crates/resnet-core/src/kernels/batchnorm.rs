@@ -150,7 +150,7 @@ pub struct BatchNormGrads {
 /// Training-mode backward from `grad_y = ∂L/∂y`. Panics when shapes disagree (a caller bug).
 pub fn batch_norm_backward(grad_y: &Tensor, saved: &BatchNormSaved, gamma: &[f32]) -> BatchNormGrads {
     assert_eq!(grad_y.shape, saved.x_hat.shape, "BatchNorm gradient must have the input's shape");
-    backward_with(saved, gamma, |i| grad_y.data[i])
+    backward_with(saved, gamma, &grad_y.data, None)
 }
 
 /// Backward of `relu(batch_norm(x))` in one pass: `output` is the forward's result after the
@@ -163,22 +163,44 @@ pub fn batch_norm_relu_backward(
 ) -> BatchNormGrads {
     assert_eq!(grad_output.shape, saved.x_hat.shape, "BatchNorm gradient must have the input's shape");
     assert_eq!(output.shape, saved.x_hat.shape, "BatchNorm output must have the input's shape");
-    backward_with(saved, gamma, |i| if output.data[i] > 0.0 { grad_output.data[i] } else { 0.0 })
+    backward_with(saved, gamma, &grad_output.data, Some(&output.data))
 }
 
-/// The backward with `∂L/∂y` at flat index `i` given by `grad_y(i)`.
-fn backward_with(saved: &BatchNormSaved, gamma: &[f32], grad_y: impl Fn(usize) -> f32 + Sync) -> BatchNormGrads {
+/// `∂L/∂y` of one row: `grad` itself, or `grad` where `relu_output > 0` and 0 elsewhere.
+/// Written as a select over whole rows so that it compiles to vector blends.
+fn masked_row<'a>(grad: &'a [f32], relu_output: Option<&[f32]>, scratch: &'a mut [f32]) -> &'a [f32] {
+    match relu_output {
+        None => grad,
+        Some(out) => {
+            scratch.iter_mut().zip(grad).zip(out).for_each(|((d, &g), &y)| *d = if y > 0.0 { g } else { 0.0 });
+            scratch
+        }
+    }
+}
+
+/// The backward with `∂L/∂y` given by `grad`, masked by `relu_output > 0` when present.
+fn backward_with(saved: &BatchNormSaved, gamma: &[f32], grad: &[f32], relu_output: Option<&[f32]>) -> BatchNormGrads {
     let x_hat = &saved.x_hat;
     let (n, c) = rows_and_channels(x_hat);
     assert_eq!(gamma.len(), c, "BatchNorm weight must have one value per channel");
     assert_eq!(saved.inv_std.len(), c, "saved statistics must have one value per channel");
+    assert_eq!(grad.len(), x_hat.len());
+    let row = |r: usize| r * c..(r + 1) * c;
     // One pass for both sums: [Σg for each channel, then Σg·x̂ for each channel].
     let sums = sum_over_rows(n, 2 * c, |r, acc| {
+        let mut scratch = [0.0f32; 64];
+        let mut heap_scratch = Vec::new();
+        let scratch: &mut [f32] = if c <= scratch.len() {
+            &mut scratch[..c]
+        } else {
+            heap_scratch.resize(c, 0.0);
+            &mut heap_scratch
+        };
+        let g = masked_row(&grad[row(r)], relu_output.map(|o| &o[row(r)]), scratch);
         let (sum_g, sum_g_x_hat) = acc.split_at_mut(c);
-        for (ch, &x_hat_value) in x_hat.data[r * c..(r + 1) * c].iter().enumerate() {
-            let g = grad_y(r * c + ch) as f64;
-            sum_g[ch] += g;
-            sum_g_x_hat[ch] += g * x_hat_value as f64;
+        for (((sg, sgx), &g), &xh) in sum_g.iter_mut().zip(sum_g_x_hat.iter_mut()).zip(g).zip(&x_hat.data[row(r)]) {
+            *sg += g as f64;
+            *sgx += g as f64 * xh as f64;
         }
     });
     let (grad_beta, grad_gamma) = sums.split_at(c);
@@ -192,10 +214,21 @@ fn backward_with(saved: &BatchNormSaved, gamma: &[f32], grad_y: impl Fn(usize) -
         grad_input.data.par_chunks_mut(block).zip(x_hat.data.par_chunks(block)).enumerate().for_each(
             |(b, (dst_rows, x_hat_rows))| {
                 for (i, (dst, x_hat_row)) in dst_rows.chunks_mut(c).zip(x_hat_rows.chunks(c)).enumerate() {
-                    let first = (b * ROWS_PER_BLOCK + i) * c;
-                    for ch in 0..c {
-                        let g = grad_y(first + ch);
-                        dst[ch] = scale[ch] * (g - mean_grad[ch] - x_hat_row[ch] * mean_grad_x_hat[ch]);
+                    let r = b * ROWS_PER_BLOCK + i;
+                    // The masked gradient goes straight into `dst`, then is transformed in place.
+                    let g_row = &grad[row(r)];
+                    match relu_output {
+                        Some(out) => dst
+                            .iter_mut()
+                            .zip(g_row)
+                            .zip(&out[row(r)])
+                            .for_each(|((d, &g), &y)| *d = if y > 0.0 { g } else { 0.0 }),
+                        None => dst.copy_from_slice(g_row),
+                    }
+                    for ((((d, &xh), &s), &mg), &mgx) in
+                        dst.iter_mut().zip(x_hat_row).zip(&scale).zip(&mean_grad).zip(&mean_grad_x_hat)
+                    {
+                        *d = s * (*d - mg - xh * mgx);
                     }
                 }
             },

@@ -176,25 +176,54 @@ pub(crate) fn im2col_nhwc(
     let cg = c_in / geom.groups;
     let c0 = group * cg;
     let k = geom.filter_len();
+    if k == 0 {
+        return;
+    }
     let x = &input.data;
-    patches.par_chunks_mut(k).enumerate().for_each(|(i, patch)| {
-        let r = row0 + i;
-        let (b, rem) = (r / (oh * ow), r % (oh * ow));
-        let (oy, ox) = (rem / ow, rem % ow);
-        for ky in 0..geom.kernel_h {
-            let iy = (oy * geom.stride + ky) as isize - geom.padding as isize;
-            for kx in 0..geom.kernel_w {
-                let ix = (ox * geom.stride + kx) as isize - geom.padding as isize;
-                let dst = &mut patch[(ky * geom.kernel_w + kx) * cg..][..cg];
-                if iy < 0 || ix < 0 || iy as usize >= h || ix as usize >= w {
-                    dst.fill(0.0);
+    // Tasks of many rows: one patch row is often only 144 floats (3x3x16), far too little
+    // work to be worth a task of its own.
+    patches.par_chunks_mut(k * ROWS_PER_TASK).enumerate().for_each(|(task, task_patches)| {
+        for (i, patch) in task_patches.chunks_mut(k).enumerate() {
+            let r = row0 + task * ROWS_PER_TASK + i;
+            let (b, rem) = (r / (oh * ow), r % (oh * ow));
+            let (oy, ox) = (rem / ow, rem % ow);
+            let taps_x = valid_taps(ox, geom, w);
+            for ky in 0..geom.kernel_h {
+                let patch_row = &mut patch[ky * geom.kernel_w * cg..(ky + 1) * geom.kernel_w * cg];
+                let iy = (oy * geom.stride + ky) as isize - geom.padding as isize;
+                if iy < 0 || iy as usize >= h || taps_x.is_empty() {
+                    patch_row.fill(0.0);
+                    continue;
+                }
+                patch_row[..taps_x.start * cg].fill(0.0);
+                patch_row[taps_x.end * cg..].fill(0.0);
+                let first_ix = ox * geom.stride + taps_x.start - geom.padding;
+                let pixel = (b * h + iy as usize) * w + first_ix;
+                if geom.groups == 1 {
+                    // Neighbouring taps read neighbouring pixels: one contiguous copy.
+                    let len = taps_x.len() * c_in;
+                    patch_row[taps_x.start * cg..taps_x.end * cg].copy_from_slice(&x[pixel * c_in..][..len]);
                 } else {
-                    let src = ((b * h + iy as usize) * w + ix as usize) * c_in + c0;
-                    dst.copy_from_slice(&x[src..src + cg]);
+                    for (t, kx) in taps_x.clone().enumerate() {
+                        let src = (pixel + t) * c_in + c0;
+                        patch_row[kx * cg..(kx + 1) * cg].copy_from_slice(&x[src..src + cg]);
+                    }
                 }
             }
         }
     });
+}
+
+/// Output rows per parallel task in im2col and the epilogue.
+const ROWS_PER_TASK: usize = 64;
+
+/// The kernel columns `kx` whose tap of output column `ox` lands inside an input of width
+/// `w` (`0 ≤ ox·stride + kx − padding < w`): always one contiguous range.
+pub(crate) fn valid_taps(ox: usize, geom: &Conv2dGeometry, w: usize) -> std::ops::Range<usize> {
+    let left = ox * geom.stride;
+    let first = geom.padding.saturating_sub(left).min(geom.kernel_w);
+    let end = (w + geom.padding).saturating_sub(left).min(geom.kernel_w);
+    first..end.max(first)
 }
 
 /// `y = relu(y · scale + shift + residual)` per output row of `c_out` channels.
@@ -205,18 +234,25 @@ pub fn apply_epilogue(out: &mut [f32], c_out: usize, e: &Epilogue<'_>) {
     if let Some(res) = e.residual {
         assert_eq!(res.len(), out.len(), "residual must match the convolution's output");
     }
-    out.par_chunks_mut(c_out).enumerate().for_each(|(r, row)| {
-        if let Some(scale) = e.scale {
-            row.iter_mut().zip(scale).for_each(|(v, s)| *v *= s);
-        }
-        if let Some(shift) = e.shift {
-            row.iter_mut().zip(shift).for_each(|(v, s)| *v += s);
-        }
-        if let Some(res) = e.residual {
-            row.iter_mut().zip(&res[r * c_out..(r + 1) * c_out]).for_each(|(v, s)| *v += s);
-        }
-        if e.relu {
-            row.iter_mut().for_each(|v| *v = v.max(0.0));
+    if c_out == 0 {
+        return;
+    }
+    out.par_chunks_mut(c_out * ROWS_PER_TASK).enumerate().for_each(|(task, rows)| {
+        let first = task * ROWS_PER_TASK * c_out;
+        for (i, row) in rows.chunks_mut(c_out).enumerate() {
+            if let Some(scale) = e.scale {
+                row.iter_mut().zip(scale).for_each(|(v, s)| *v *= s);
+            }
+            if let Some(shift) = e.shift {
+                row.iter_mut().zip(shift).for_each(|(v, s)| *v += s);
+            }
+            if let Some(res) = e.residual {
+                let start = first + i * c_out;
+                row.iter_mut().zip(&res[start..start + c_out]).for_each(|(v, s)| *v += s);
+            }
+            if e.relu {
+                row.iter_mut().for_each(|v| *v = v.max(0.0));
+            }
         }
     });
 }

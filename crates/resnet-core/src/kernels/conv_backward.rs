@@ -13,7 +13,7 @@
 
 use rayon::prelude::*;
 
-use super::conv::{im2col_nhwc, Conv2dGeometry};
+use super::conv::{im2col_nhwc, valid_taps, Conv2dGeometry};
 use super::matmul::{matmul, MatMul};
 use crate::tensor::Tensor;
 
@@ -152,10 +152,11 @@ fn patch_gradients(grad_out_rows: &[f32], weight: &[f32], geom: &Conv2dGeometry,
     }
 }
 
-/// col2im as a gather: each input pixel sums the patch gradients of every output pixel
-/// whose window covered it. `grad_patches` is group-major (see [`patch_gradients`]) for
-/// the whole images of `grad_input`; writing one pixel per task needs no locks and sums in
-/// a fixed order.
+/// col2im: every patch gradient is added back onto the input pixel it was read from.
+/// `grad_patches` is group-major (see [`patch_gradients`]) for the whole images of
+/// `grad_input`. One task per image scatters that image's patch rows in order, so the
+/// patches stream through once, the sums land in a small image that stays in cache, no
+/// locks are needed and the order of the sums is fixed whatever the thread count.
 fn col2im_nhwc(
     grad_patches: &[f32],
     geom: &Conv2dGeometry,
@@ -166,25 +167,37 @@ fn col2im_nhwc(
     let c_in = geom.in_channels;
     let cg = c_in / geom.groups;
     let k_group = geom.filter_len();
+    if c_in == 0 || k_group == 0 {
+        return;
+    }
     let rows = grad_patches.len() / (geom.groups * k_group);
-    // Output coordinate whose window puts kernel tap `k` on input coordinate `i`, if any:
-    // `o·stride + k − padding = i`.
-    let source = |i: usize, k: usize, extent: usize| -> Option<usize> {
-        let t = (i + geom.padding).checked_sub(k)?;
-        (t % geom.stride == 0 && t / geom.stride < extent).then_some(t / geom.stride)
-    };
-    grad_input.par_chunks_mut(c_in).enumerate().for_each(|(pixel, dst)| {
-        let (b, rem) = (pixel / (h * w), pixel % (h * w));
-        let (iy, ix) = (rem / w, rem % w);
-        for ky in 0..geom.kernel_h {
-            let Some(oy) = source(iy, ky, oh) else { continue };
-            for kx in 0..geom.kernel_w {
-                let Some(ox) = source(ix, kx, ow) else { continue };
-                let row = (b * oh + oy) * ow + ox;
-                let tap = (ky * geom.kernel_w + kx) * cg;
-                for (g, dst_group) in dst.chunks_mut(cg).enumerate() {
-                    let src = &grad_patches[(g * rows + row) * k_group + tap..][..cg];
-                    dst_group.iter_mut().zip(src).for_each(|(d, s)| *d += s);
+    grad_input.par_chunks_mut(h * w * c_in).enumerate().for_each(|(b, image)| {
+        for g in 0..geom.groups {
+            let image_patches = &grad_patches[(g * rows + b * oh * ow) * k_group..][..oh * ow * k_group];
+            for (out_pixel, patch) in image_patches.chunks(k_group).enumerate() {
+                let (oy, ox) = (out_pixel / ow, out_pixel % ow);
+                let taps_x = valid_taps(ox, geom, w);
+                if taps_x.is_empty() {
+                    continue;
+                }
+                let first_ix = ox * geom.stride + taps_x.start - geom.padding;
+                for ky in 0..geom.kernel_h {
+                    let iy = (oy * geom.stride + ky) as isize - geom.padding as isize;
+                    if iy < 0 || iy as usize >= h {
+                        continue;
+                    }
+                    let pixel = iy as usize * w + first_ix;
+                    let taps = &patch[(ky * geom.kernel_w + taps_x.start) * cg..(ky * geom.kernel_w + taps_x.end) * cg];
+                    if geom.groups == 1 {
+                        // Neighbouring taps wrote neighbouring pixels: one contiguous add.
+                        let dst = &mut image[pixel * c_in..][..taps.len()];
+                        dst.iter_mut().zip(taps).for_each(|(d, s)| *d += s);
+                    } else {
+                        for (t, tap) in taps.chunks(cg).enumerate() {
+                            let dst = &mut image[(pixel + t) * c_in + g * cg..][..cg];
+                            dst.iter_mut().zip(tap).for_each(|(d, s)| *d += s);
+                        }
+                    }
                 }
             }
         }

@@ -6,6 +6,10 @@
 //! A residual block's backward splits the incoming gradient into the branch and the
 //! shortcut and sums the two at the block's input: the paper's identity path, in code.
 
+use std::sync::Arc;
+
+use rayon::prelude::*;
+
 use super::config::{ModelError, Stem};
 use super::layers::{ConvBn, Linear};
 use super::params::Parameterized;
@@ -13,7 +17,8 @@ use super::resnet::{Block, ShortcutPath};
 use super::ResNet;
 use crate::kernels::activation::relu_backward;
 use crate::kernels::batchnorm::{
-    batch_norm_backward, batch_norm_train_forward, update_running_stats, BatchNormError, BatchNormSaved,
+    batch_norm_backward, batch_norm_relu_backward, batch_norm_train_forward, update_running_stats, BatchNormError,
+    BatchNormSaved,
 };
 use crate::kernels::conv::apply_epilogue;
 use crate::kernels::conv_backward::{conv2d_nhwc_backward_input, conv2d_nhwc_backward_weight};
@@ -29,13 +34,15 @@ use crate::tensor::Tensor;
 /// BatchNorm's momentum for running statistics (PyTorch's default).
 pub const BN_MOMENTUM: f32 = 0.1;
 
-/// What one conv + BN (+ residual) (+ ReLU) keeps for its backward.
+/// What one conv + BN (+ residual) (+ ReLU) keeps for its backward. Activations are
+/// shared (`Arc`), not copied: a unit's output is also the next unit's input and, through an
+/// identity shortcut, the block's residual.
 #[derive(Debug)]
 pub struct ConvBnCache {
-    input: Tensor,
+    input: Arc<Tensor>,
     bn: BatchNormSaved,
     /// The unit's output, whose sign is the ReLU's mask.
-    output: Option<Tensor>,
+    output: Option<Arc<Tensor>>,
     had_residual: bool,
 }
 
@@ -43,35 +50,44 @@ impl ConvBn {
     /// `relu?(bn_train(conv(x)) + residual?)`, updating BN's running statistics.
     pub fn forward_train(
         &mut self,
-        x: &Tensor,
+        x: &Arc<Tensor>,
         residual: Option<&Tensor>,
         relu: bool,
-    ) -> Result<(Tensor, ConvBnCache), BatchNormError> {
+    ) -> Result<(Arc<Tensor>, ConvBnCache), BatchNormError> {
         let z = conv2d_nhwc(x, &self.conv.weight.data, &self.conv.geometry, &Epilogue::default());
         let (mut y, saved) = batch_norm_train_forward(&z, &self.bn.weight.data, &self.bn.bias.data, self.bn.eps)?;
+        drop(z);
         update_running_stats(&mut self.bn.running_mean.data, &mut self.bn.running_var.data, &saved, BN_MOMENTUM);
         self.bn.num_batches_tracked.count += 1;
         let c = y.shape[3];
         let epilogue = Epilogue { residual: residual.map(|r| r.data.as_slice()), relu, ..Epilogue::default() };
         apply_epilogue(&mut y.data, c, &epilogue);
+        let y = Arc::new(y);
         let cache = ConvBnCache {
-            input: x.clone(),
+            input: Arc::clone(x),
             bn: saved,
-            output: relu.then(|| y.clone()),
+            output: relu.then(|| Arc::clone(&y)),
             had_residual: residual.is_some(),
         };
         Ok((y, cache))
     }
 
     /// Backward of [`ConvBn::forward_train`]: accumulates the conv and BN parameter
-    /// gradients, returns `∂L/∂x` and, if a residual was added, `∂L/∂residual`.
-    pub fn backward(&mut self, grad_out: &Tensor, cache: ConvBnCache) -> (Tensor, Option<Tensor>) {
-        let grad_y = match &cache.output {
-            Some(out) => relu_backward(grad_out, out),
-            None => grad_out.clone(),
+    /// gradients, returns `∂L/∂x` and, if a residual was added, `∂L/∂residual` (the
+    /// gradient after the ReLU, which the sum passes to both of its terms).
+    pub fn backward(&mut self, grad_out: Tensor, cache: ConvBnCache) -> (Tensor, Option<Tensor>) {
+        let gamma = &self.bn.weight.data;
+        let (bn, grad_residual) = match (&cache.output, cache.had_residual) {
+            // No residual: ReLU and BN backward in one pass, no masked copy.
+            (Some(out), false) => (batch_norm_relu_backward(&grad_out, out, &cache.bn, gamma), None),
+            (Some(out), true) => {
+                let grad_y = relu_backward(&grad_out, out);
+                (batch_norm_backward(&grad_y, &cache.bn, gamma), Some(grad_y))
+            }
+            (None, had_residual) => {
+                (batch_norm_backward(&grad_out, &cache.bn, gamma), had_residual.then_some(grad_out))
+            }
         };
-        let grad_residual = cache.had_residual.then(|| grad_y.clone());
-        let bn = batch_norm_backward(&grad_y, &cache.bn, &self.bn.weight.data);
         self.bn.weight.accumulate_grad(&bn.grad_gamma);
         self.bn.bias.accumulate_grad(&bn.grad_beta);
         let geom = &self.conv.geometry;
@@ -92,23 +108,23 @@ pub struct BlockCache {
 }
 
 impl Block {
-    pub fn forward_train(&mut self, x: &Tensor) -> Result<(Tensor, BlockCache), BatchNormError> {
+    pub fn forward_train(&mut self, x: &Arc<Tensor>) -> Result<(Arc<Tensor>, BlockCache), BatchNormError> {
         let (shortcut_value, shortcut_cache) = match &mut self.shortcut {
             ShortcutPath::Projection(d) => {
                 let (y, c) = d.forward_train(x, None, false)?;
                 (Some(y), Some(c))
             }
             ShortcutPath::ZeroPad { stride, before, after } => {
-                (Some(subsample_zero_pad_nhwc(x, *stride, *before, *after)), None)
+                (Some(Arc::new(subsample_zero_pad_nhwc(x, *stride, *before, *after))), None)
             }
-            ShortcutPath::Identity => (Some(x.clone()), None),
+            ShortcutPath::Identity => (Some(Arc::clone(x)), None),
             ShortcutPath::None => (None, None),
         };
         let last = self.convs.len() - 1;
-        let mut h = x.clone();
+        let mut h = Arc::clone(x);
         let mut caches = Vec::with_capacity(self.convs.len());
         for (i, unit) in self.convs.iter_mut().enumerate() {
-            let residual = if i == last { shortcut_value.as_ref() } else { None };
+            let residual = if i == last { shortcut_value.as_deref() } else { None };
             let (y, cache) = unit.forward_train(&h, residual, true)?;
             caches.push(cache);
             h = y;
@@ -117,11 +133,11 @@ impl Block {
     }
 
     /// `∂L/∂x = ∂L/∂x through F + ∂L/∂x through the shortcut`.
-    pub fn backward(&mut self, grad_out: &Tensor, cache: BlockCache) -> Tensor {
-        let mut grad = grad_out.clone();
+    pub fn backward(&mut self, grad_out: Tensor, cache: BlockCache) -> Tensor {
+        let mut grad = grad_out;
         let mut grad_shortcut = None;
         for (unit, unit_cache) in self.convs.iter_mut().zip(cache.convs).rev() {
-            let (g, g_res) = unit.backward(&grad, unit_cache);
+            let (g, g_res) = unit.backward(grad, unit_cache);
             if g_res.is_some() {
                 grad_shortcut = g_res;
             }
@@ -129,17 +145,25 @@ impl Block {
         }
         let through_shortcut = match (&mut self.shortcut, grad_shortcut) {
             (ShortcutPath::Identity, Some(g)) => Some(g),
-            (ShortcutPath::Projection(d), Some(g)) => cache.shortcut.map(|c| d.backward(&g, c).0),
+            (ShortcutPath::Projection(d), Some(g)) => cache.shortcut.map(|c| d.backward(g, c).0),
             (ShortcutPath::ZeroPad { stride, before, .. }, Some(g)) => {
                 Some(subsample_zero_pad_backward_nhwc(&g, &cache.input_shape, *stride, *before))
             }
             _ => None,
         };
         if let Some(s) = through_shortcut {
-            grad.data.iter_mut().zip(&s.data).for_each(|(a, b)| *a += b);
+            add_in_place(&mut grad.data, &s.data);
         }
         grad
     }
+}
+
+/// `dst += src`, elementwise, in parallel blocks.
+fn add_in_place(dst: &mut [f32], src: &[f32]) {
+    const BLOCK: usize = 1 << 14;
+    dst.par_chunks_mut(BLOCK).zip(src.par_chunks(BLOCK)).for_each(|(d, s)| {
+        d.iter_mut().zip(s).for_each(|(a, b)| *a += b);
+    });
 }
 
 impl Linear {
@@ -171,13 +195,13 @@ impl ResNet {
     pub fn forward_train(&mut self, x: &Tensor) -> Result<(Tensor, TrainCache), ModelError> {
         self.check_input(x)?;
         let bn_error = |e: BatchNormError| ModelError::InvalidConfig(e.to_string());
-        let (mut h, stem) = self.stem.forward_train(x, None, true).map_err(bn_error)?;
+        let (mut h, stem) = self.stem.forward_train(&Arc::new(x.clone()), None, true).map_err(bn_error)?;
         let mut max_pool = None;
         if self.config.stem == Stem::ImageNet {
             let hw = (h.shape[1], h.shape[2]);
             let (pooled, indices) = max_pool2d_nhwc_with_indices(&h, 3, 2, 1);
             max_pool = Some((indices, hw));
-            h = pooled;
+            h = Arc::new(pooled);
         }
         let mut blocks = Vec::new();
         for block in self.stages.iter_mut().flatten() {
@@ -197,12 +221,12 @@ impl ResNet {
         let mut grad = global_avg_pool_nhwc_backward(&grad_pooled, cache.last_map_hw);
         let blocks: Vec<&mut Block> = self.stages.iter_mut().flatten().collect();
         for (block, block_cache) in blocks.into_iter().zip(cache.blocks).rev() {
-            grad = block.backward(&grad, block_cache);
+            grad = block.backward(grad, block_cache);
         }
         if let Some((indices, hw)) = &cache.max_pool {
             grad = max_pool2d_nhwc_backward(&grad, indices, *hw);
         }
-        self.stem.backward(&grad, cache.stem);
+        self.stem.backward(grad, cache.stem);
     }
 
     /// Clears every accumulated gradient.
