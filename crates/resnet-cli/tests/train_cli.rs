@@ -73,3 +73,29 @@ fn a_missing_data_set_is_a_clear_error() {
     assert!(!o.status.success() && !err.contains("panicked"), "{err}");
     assert!(err.contains(empty.to_str().unwrap()) || err.contains("cifar"), "{err}");
 }
+
+#[test]
+fn train_samples_trains_on_a_subset_and_refuses_too_many() {
+    let data = scratch("train-cli", "subset-data");
+    write_cifar10(&data, 8, 1);
+    let run = scratch("train-cli", "subset-run");
+    let args = |samples: &str| {
+        let mut a = vec!["train", "--arch", "resnet20", "--dataset", "cifar10", "--data", data.to_str().unwrap()];
+        a.extend(["--epochs", "1", "--batch", "2", "--log-every", "1", "--out", run.to_str().unwrap()]);
+        a.extend(["--train-samples", samples]);
+        a.iter().map(|s| s.to_string()).collect::<Vec<_>>()
+    };
+    let o = resnet(&args("4").iter().map(String::as_str).collect::<Vec<_>>());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    assert!(err.contains("(4 train / 8 test samples)"), "{err}");
+    let metrics = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap();
+    let last_step = metrics.lines().rfind(|l| l.contains("\"kind\":\"epoch\"")).unwrap();
+    assert!(last_step.contains("\"step\":2"), "{last_step}");
+
+    // Five training files of 8 samples: 40 to choose from.
+    let o = resnet(&args("41").iter().map(String::as_str).collect::<Vec<_>>());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success() && !err.contains("panicked"), "{err}");
+    assert!(err.contains("--train-samples") && err.contains("choose 1 to 40"), "{err}");
+}

@@ -34,8 +34,8 @@ pub use preprocess::{preprocess, Preprocess, IMAGENET_MEAN, IMAGENET_STD};
 
 pub use augment::Augment;
 pub use dataset::{
-    open_dataset, split_holdout, ArrayDataset, Dataset, DatasetError, DatasetKind, DatasetSplits, ImageFolder,
-    Normalization, Pixels, Sample, Subset,
+    open_dataset, random_subset, split_holdout, ArrayDataset, Dataset, DatasetError, DatasetKind, DatasetSplits,
+    ImageFolder, Normalization, Pixels, Sample, Subset,
 };
 pub use loader::{Batch, Batches, Loader, LoaderConfig};
 pub use rng::Rng;

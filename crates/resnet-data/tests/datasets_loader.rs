@@ -7,8 +7,8 @@ use std::sync::Arc;
 
 use resnet_data::augment::apply;
 use resnet_data::{
-    split_holdout, ArrayDataset, Augment, Batch, Dataset, DatasetError, Loader, LoaderConfig, Normalization, Pixels,
-    Rng, Sample, Subset,
+    random_subset, split_holdout, ArrayDataset, Augment, Batch, Dataset, DatasetError, Loader, LoaderConfig,
+    Normalization, Pixels, Rng, Sample, Subset,
 };
 
 const N: usize = 37;
@@ -273,6 +273,20 @@ fn errors_and_panics_end_the_epoch_at_the_right_batch() {
     assert!(batches.next().unwrap().is_ok());
     drop(batches);
     assert!(Loader::new(toy(), LoaderConfig { batch_size: 0, ..config(1, Augment::None) }).is_err());
+}
+
+#[test]
+fn random_subset_is_seeded_sorted_and_in_range() {
+    let subset = random_subset(100, 30, 7).unwrap();
+    assert_eq!(subset.len(), 30);
+    assert!(subset.windows(2).all(|w| w[0] < w[1]) && subset.iter().all(|&i| i < 100));
+    assert_eq!(random_subset(100, 30, 7).unwrap(), subset);
+    assert_ne!(random_subset(100, 30, 8).unwrap(), subset);
+    assert_eq!(random_subset(5, 5, 1).unwrap(), vec![0, 1, 2, 3, 4]);
+    for bad in [0, 101] {
+        let err = random_subset(100, bad, 7).unwrap_err().to_string();
+        assert!(err.contains("choose 1 to 100"), "{err}");
+    }
 }
 
 #[test]

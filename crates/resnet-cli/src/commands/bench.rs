@@ -6,12 +6,14 @@ use resnet_core::model::seeded::{seed_parameters, seeded_values};
 use resnet_core::{ResNet, Tensor};
 use serde::Serialize;
 
-/// Measure inference latency, throughput and memory.
+/// Measure inference or training speed, memory, and this CPU's peak.
 ///
 /// For each batch size, median latency and images per second over
 /// timed runs after warm-up, and the process's peak resident memory. Weights are seeded
-/// (speed does not depend on their values). Compare with PyTorch using
-/// tools/bench/pytorch_bench.py on the same machine and thread count.
+/// (speed does not depend on their values). `--train` times whole training steps,
+/// `--peak` the CPU's multiply-add limit, `--layers` each convolution shape against that
+/// limit. Compare with PyTorch and ONNX Runtime using tools/bench/compare.py on the same
+/// machine and thread count.
 #[derive(clap::Args, Debug)]
 pub struct Args {
     /// Architecture to measure.
@@ -36,6 +38,15 @@ pub struct Args {
     /// of inference; e.g. --train --arch resnet20 --batch 128 --input 32.
     #[arg(long)]
     train: bool,
+    /// Measure this CPU's fp32 (and, with AVX512-BF16, bf16) multiply-add peak in GFLOP/s
+    /// with a register-only kernel on every thread; nothing else is run.
+    #[arg(long)]
+    peak: bool,
+    /// Time every distinct convolution shape of --arch at --input and the first --batch
+    /// size: ms, GFLOP/s and share of the measured fp32 peak (forward; with --train also
+    /// both backwards).
+    #[arg(long)]
+    layers: bool,
 }
 
 #[derive(Serialize)]
@@ -140,6 +151,13 @@ pub fn run(args: Args, threads: usize) -> anyhow::Result<()> {
     }
     if args.input < 32 {
         anyhow::bail!("--input {} is too small; use at least 32", args.input);
+    }
+    if args.peak {
+        return super::bench_layers::run_peak(args.json);
+    }
+    if args.layers {
+        let batch = args.batch[0];
+        return super::bench_layers::run_layers(&args.arch, args.input, batch, args.iters, args.train, args.json);
     }
     if args.train {
         return run_train(&args, threads);

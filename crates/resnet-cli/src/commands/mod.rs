@@ -1,4 +1,5 @@
 pub mod bench;
+pub mod bench_layers;
 pub mod classify;
 pub mod convert;
 pub mod embed;

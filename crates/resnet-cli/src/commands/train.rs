@@ -7,7 +7,7 @@ use std::sync::Arc;
 use anyhow::Context;
 use resnet_core::model::Shortcut;
 use resnet_core::{ResNet, ResNetConfig};
-use resnet_data::{open_dataset, split_holdout, Augment, Dataset, DatasetKind, Subset};
+use resnet_data::{open_dataset, random_subset, split_holdout, Augment, Dataset, DatasetKind, Subset};
 use resnet_train::{Decay, Granularity, LrSchedule, LrScheduleSpec, SgdConfig, TrainOptions, Warmup};
 
 /// Train or fine-tune a network on a data set.
@@ -117,6 +117,10 @@ pub struct Recipe {
     /// Data-loading worker threads.
     #[arg(long, default_value_t = 1)]
     pub workers: usize,
+    /// Train on only this many training samples, a seeded random choice (quick experiments;
+    /// the test set stays whole).
+    #[arg(long, value_name = "N")]
+    pub train_samples: Option<usize>,
     /// Fraction of the training set held out for testing when the data set has no test split.
     #[arg(long, default_value_t = 0.1)]
     pub holdout: f64,
@@ -155,7 +159,7 @@ pub(crate) struct Splits {
 pub(crate) fn open_splits(recipe: &Recipe) -> anyhow::Result<Splits> {
     let kind = dataset_kind(recipe.dataset.as_deref(), recipe.data.as_ref())?;
     let splits = open_dataset(kind, recipe.data.as_deref())?;
-    Ok(match splits.test {
+    let Splits { kind, train, test } = match splits.test {
         Some(t) => Splits { kind, train: splits.train, test: Some(t) },
         None => {
             let h = split_holdout(splits.train.len(), recipe.holdout, recipe.seed)?;
@@ -164,7 +168,15 @@ pub(crate) fn open_splits(recipe: &Recipe) -> anyhow::Result<Splits> {
             eprintln!("no test split: holding out {} of {} samples for testing", test.len(), train.len() + test.len());
             Splits { kind, train, test: Some(test) }
         }
-    })
+    };
+    let train = match recipe.train_samples {
+        None => train,
+        Some(count) => {
+            let chosen = random_subset(train.len(), count, recipe.seed).context("--train-samples")?;
+            Arc::new(Subset::new(train, chosen)?)
+        }
+    };
+    Ok(Splits { kind, train, test })
 }
 
 /// The [`TrainOptions`] of `recipe` for a training set of `train_len` samples of `kind`.

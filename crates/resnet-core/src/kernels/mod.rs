@@ -12,6 +12,7 @@ pub mod linear;
 pub mod loss;
 pub mod matmul;
 pub mod memory;
+pub mod peak;
 pub mod pool;
 pub mod pool_backward;
 pub mod shortcut;

@@ -90,6 +90,8 @@ pub struct LayerRow {
     pub output_shape: Vec<usize>,
     pub params: usize,
     pub macs: usize,
+    /// For convolutions: the geometry and the input's height and width.
+    pub conv: Option<(crate::kernels::Conv2dGeometry, (usize, usize))>,
 }
 
 /// Shapes, parameters and MACs per conv/linear layer for a `side × side` input, batch 1.
@@ -105,6 +107,7 @@ pub fn layer_table(m: &ResNet, side: usize) -> Vec<LayerRow> {
             output_shape: vec![1, c.geometry.out_channels, oh, ow],
             params,
             macs: c.macs(oh, ow),
+            conv: Some((c.geometry, (h, w))),
         });
         (oh, ow)
     };
@@ -117,6 +120,7 @@ pub fn layer_table(m: &ResNet, side: usize) -> Vec<LayerRow> {
             output_shape: vec![1, m.config.base_planes, h, w],
             params: 0,
             macs: 0,
+            conv: None,
         });
     }
     for (s, stage) in m.stages.iter().enumerate() {
@@ -131,12 +135,19 @@ pub fn layer_table(m: &ResNet, side: usize) -> Vec<LayerRow> {
             }
         }
     }
-    rows.push(LayerRow { name: "avgpool".into(), output_shape: vec![1, m.fc.in_features, 1, 1], params: 0, macs: 0 });
+    rows.push(LayerRow {
+        name: "avgpool".into(),
+        output_shape: vec![1, m.fc.in_features, 1, 1],
+        params: 0,
+        macs: 0,
+        conv: None,
+    });
     rows.push(LayerRow {
         name: "fc".into(),
         output_shape: vec![1, m.fc.out_features],
         params: m.fc.weight.numel() + m.fc.bias.numel(),
         macs: m.fc.in_features * m.fc.out_features,
+        conv: None,
     });
     rows
 }

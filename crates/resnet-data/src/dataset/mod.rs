@@ -20,7 +20,7 @@ pub use idx::{read_idx_pair, read_idx_u8, FASHION_MNIST_CLASSES};
 pub use image_folder::ImageFolder;
 pub use npz::{read_npz, NpzSplits};
 pub use open::{open_dataset, DatasetKind, DatasetSplits, FASHION_MNIST_DIR, MNIST_DIR};
-pub use split::{split_holdout, Holdout, Subset};
+pub use split::{random_subset, split_holdout, Holdout, Subset};
 
 use std::path::Path;
 

@@ -37,6 +37,23 @@ pub fn split_holdout(n: usize, fraction: f64, seed: u64) -> Result<Holdout, Data
     Ok(Holdout { train, holdout })
 }
 
+/// Stream tag of [`random_subset`], distinct from the held-out split's.
+const SUBSET_STREAM: u64 = 0x5350_4c49_5400_0002;
+
+/// `count` of the indices `0..n`, chosen by a seeded shuffle and returned sorted (same `n`,
+/// `count`, `seed` → same subset): a smaller training set for quick experiments whose
+/// classes keep their proportions on average. `count` must lie in `1..=n`.
+pub fn random_subset(n: usize, count: usize, seed: u64) -> Result<Vec<usize>, DatasetError> {
+    if count == 0 || count > n {
+        return Err(DatasetError::Config(format!("cannot take {count} samples out of {n}; choose 1 to {n}")));
+    }
+    let mut order: Vec<usize> = (0..n).collect();
+    Rng::derive(&[SUBSET_STREAM, seed, n as u64]).shuffle(&mut order);
+    let mut chosen = order[..count].to_vec();
+    chosen.sort_unstable();
+    Ok(chosen)
+}
+
 /// The samples of `inner` at `indices`, in that order.
 #[derive(Clone)]
 pub struct Subset {

@@ -1,0 +1,221 @@
+//! `resnet bench --peak` and `--layers`: this CPU's arithmetic peak, and where each
+//! convolution shape of a network stands against it.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use resnet_core::kernels::conv_backward::{conv2d_nhwc_backward_input, conv2d_nhwc_backward_weight};
+use resnet_core::kernels::peak::{best_fp32_isa, measure_peak, Peak, PeakIsa};
+use resnet_core::kernels::{conv2d_nhwc, Conv2dGeometry, Epilogue};
+use resnet_core::model::seeded::seeded_values;
+use resnet_core::model::summary::layer_table;
+use resnet_core::{ResNet, Tensor};
+use serde::Serialize;
+
+/// How long each peak measurement runs.
+const PEAK_DURATION: Duration = Duration::from_millis(1500);
+
+#[derive(Serialize)]
+struct PeakRecord {
+    kind: &'static str,
+    isa: &'static str,
+    threads: usize,
+    gflops: f64,
+}
+
+/// The fp32 peak of the best path, and the bf16 one when the CPU has AVX512-BF16.
+fn measure_peaks() -> Vec<Peak> {
+    let mut peaks = Vec::new();
+    peaks.extend(measure_peak(best_fp32_isa(), PEAK_DURATION));
+    peaks.extend(measure_peak(PeakIsa::Avx512Bf16, PEAK_DURATION));
+    peaks
+}
+
+/// `resnet bench --peak`.
+pub fn run_peak(json: bool) -> anyhow::Result<()> {
+    for p in measure_peaks() {
+        let line = if json {
+            serde_json::to_string(&PeakRecord {
+                kind: "peak",
+                isa: p.isa.name(),
+                threads: p.threads,
+                gflops: p.gflops,
+            })?
+        } else {
+            format!(
+                "peak {:>8.1} GFLOP/s  ({:.1} per thread, {} threads)  {}",
+                p.gflops,
+                p.gflops / p.threads as f64,
+                p.threads,
+                p.isa.name()
+            )
+        };
+        crate::output::emit(&format!("{line}\n"))?;
+    }
+    Ok(())
+}
+
+/// One distinct convolution of a network: its geometry, input size and where it occurs.
+struct ConvShape {
+    geometry: Conv2dGeometry,
+    input_hw: (usize, usize),
+    layers: Vec<String>,
+}
+
+/// The network's convolutions grouped by (geometry, input size), in order of first use.
+fn conv_shapes(model: &ResNet, side: usize) -> Vec<ConvShape> {
+    let mut order: Vec<ConvShape> = Vec::new();
+    let mut index: BTreeMap<String, usize> = BTreeMap::new();
+    for row in layer_table(model, side) {
+        let Some((geometry, input_hw)) = row.conv else { continue };
+        let key = format!("{geometry:?}{input_hw:?}");
+        match index.get(&key) {
+            Some(&i) => order[i].layers.push(row.name),
+            None => {
+                index.insert(key, order.len());
+                order.push(ConvShape { geometry, input_hw, layers: vec![row.name] });
+            }
+        }
+    }
+    order
+}
+
+/// A tensor of `shape` with seeded values in [-1, 1].
+fn seeded_tensor(shape: &[usize], seed: u64) -> Tensor {
+    let mut t = Tensor::zeros(shape);
+    t.data = seeded_values(seed, t.len(), -1.0, 1.0);
+    t
+}
+
+fn median_ms(iters: usize, mut f: impl FnMut()) -> f64 {
+    f();
+    let mut times: Vec<f64> = (0..iters.max(1))
+        .map(|_| {
+            let t = Instant::now();
+            f();
+            t.elapsed().as_secs_f64() * 1e3
+        })
+        .collect();
+    times.sort_by(f64::total_cmp);
+    times[times.len() / 2]
+}
+
+#[derive(Serialize)]
+struct LayerRecord {
+    kind: &'static str,
+    pass: &'static str,
+    shape: String,
+    count: usize,
+    first_layer: String,
+    batch: usize,
+    ms_median: f64,
+    gflops: f64,
+    share_of_peak: f64,
+}
+
+/// `resnet bench --layers`: every distinct conv shape of `arch` at `side`, batch `batch`:
+/// milliseconds, GFLOP/s and share of the measured fp32 peak, for the forward and (with
+/// `train`) both backwards.
+pub fn run_layers(arch: &str, side: usize, batch: usize, iters: usize, train: bool, json: bool) -> anyhow::Result<()> {
+    let model = ResNet::from_name(arch, 1000)?;
+    let peak = measure_peak(best_fp32_isa(), PEAK_DURATION)
+        .ok_or_else(|| anyhow::anyhow!("no fp32 peak measurement is available on this CPU"))?;
+    let emit = |s: String| crate::output::emit(&format!("{s}\n"));
+    if !json {
+        emit(format!(
+            "{arch} @{side}px batch {batch}, {} threads; fp32 peak {:.1} GFLOP/s ({})",
+            peak.threads,
+            peak.gflops,
+            peak.isa.name()
+        ))?;
+        emit(format!(
+            "{:<34} {:>5} {:<22} {:<15} {:>9} {:>9} {:>6}",
+            "conv (C_in→C_out k/s, input)", "count", "first layer", "pass", "ms", "GFLOP/s", "% peak"
+        ))?;
+    }
+    let mut totals: BTreeMap<&'static str, f64> = BTreeMap::new();
+    for shape in conv_shapes(&model, side) {
+        let g = &shape.geometry;
+        let (h, w) = shape.input_hw;
+        let (oh, ow) = g.output_hw(h, w);
+        let input = seeded_tensor(&[batch, h, w, g.in_channels], 1);
+        let weight = seeded_values(2, g.weight_len(), -0.1, 0.1);
+        let grad_out = seeded_tensor(&[batch, oh, ow, g.out_channels], 3);
+        let gflop = 2.0 * (batch * oh * ow * g.out_channels * g.filter_len()) as f64 / 1e9;
+        let mut passes: Vec<(&'static str, f64)> =
+            vec![("forward", median_ms(iters, || drop(conv2d_nhwc(&input, &weight, g, &Epilogue::default()))))];
+        if train {
+            passes.push((
+                "backward input",
+                median_ms(iters, || drop(conv2d_nhwc_backward_input(&grad_out, &weight, g, (h, w)))),
+            ));
+            passes.push((
+                "backward weight",
+                median_ms(iters, || drop(conv2d_nhwc_backward_weight(&input, &grad_out, g))),
+            ));
+        }
+        let label = format!(
+            "{}→{} {}x{}/{}{} @{}x{}",
+            g.in_channels,
+            g.out_channels,
+            g.kernel_h,
+            g.kernel_w,
+            g.stride,
+            if g.groups > 1 { format!(" g{}", g.groups) } else { String::new() },
+            h,
+            w
+        );
+        for (pass, ms) in passes {
+            let gflops = gflop / ms * 1e3;
+            *totals.entry(pass).or_default() += ms * shape.layers.len() as f64;
+            let record = LayerRecord {
+                kind: "layer",
+                pass,
+                shape: label.clone(),
+                count: shape.layers.len(),
+                first_layer: shape.layers[0].clone(),
+                batch,
+                ms_median: ms,
+                gflops,
+                share_of_peak: gflops / peak.gflops,
+            };
+            emit(if json {
+                serde_json::to_string(&record)?
+            } else {
+                format!(
+                    "{:<34} {:>5} {:<22} {:<15} {:>9.2} {:>9.1} {:>5.0}%",
+                    record.shape,
+                    record.count,
+                    record.first_layer,
+                    pass,
+                    ms,
+                    gflops,
+                    100.0 * record.share_of_peak
+                )
+            })?;
+        }
+    }
+    if !json {
+        for (pass, ms) in totals {
+            emit(format!("all convolutions, {pass}: {ms:.1} ms per batch of {batch}"))?;
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn resnet50_has_its_distinct_conv_shapes_once_each() {
+        let model = ResNet::from_name("resnet50", 1000).unwrap();
+        let shapes = conv_shapes(&model, 224);
+        let total: usize = shapes.iter().map(|s| s.layers.len()).sum();
+        assert_eq!(total, 53, "ResNet-50 has 53 convolutions");
+        assert_eq!(shapes[0].layers, vec!["conv1+bn1".to_string()]);
+        assert_eq!(shapes[0].input_hw, (224, 224));
+        // layer3's repeated 3x3 (256→256 at 14x14) appears five times after the strided first.
+        assert!(shapes.iter().any(|s| s.layers.len() == 5 && s.geometry.kernel_h == 3 && s.input_hw == (14, 14)));
+    }
+}
