@@ -47,6 +47,10 @@ pub struct Args {
     /// both backwards).
     #[arg(long)]
     layers: bool,
+    /// Run the network as built for training (BN as a separate scale/shift, weights packed
+    /// by the GEMM on every call) instead of the compiled inference plan; to compare the two.
+    #[arg(long)]
+    uncompiled: bool,
 }
 
 #[derive(Serialize)]
@@ -112,6 +116,12 @@ fn run_train(args: &Args, threads: usize) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// What runs the inference benchmark.
+enum Engine {
+    Direct(Box<ResNet>),
+    Compiled(Box<resnet_core::model::CompiledResNet>),
+}
+
 #[derive(Serialize)]
 struct BenchResult {
     arch: String,
@@ -164,16 +174,25 @@ pub fn run(args: Args, threads: usize) -> anyhow::Result<()> {
     }
     let mut model = ResNet::from_name(&args.arch, 1000)?;
     seed_parameters(&mut model, 0);
+    let engine = if args.uncompiled {
+        Engine::Direct(Box::new(model))
+    } else {
+        Engine::Compiled(Box::new(model.into_compiled()))
+    };
+    let forward = |x: &Tensor| match &engine {
+        Engine::Direct(m) => m.forward(x),
+        Engine::Compiled(c) => c.forward(x),
+    };
     for &batch in &args.batch {
         let s = args.input;
         let x = Tensor::nchw_to_nhwc([batch, 3, s, s], &seeded_values(1, batch * 3 * s * s, -2.0, 2.0));
         for _ in 0..args.warmup {
-            model.forward(&x)?;
+            forward(&x)?;
         }
         let mut times = Vec::with_capacity(args.iters);
         for _ in 0..args.iters {
             let t = Instant::now();
-            std::hint::black_box(model.forward(&x)?);
+            std::hint::black_box(forward(&x)?);
             times.push(t.elapsed().as_secs_f64() * 1e3);
         }
         let min = times.iter().copied().fold(f64::INFINITY, f64::min);

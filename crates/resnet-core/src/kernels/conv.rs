@@ -60,10 +60,18 @@ pub struct Epilogue<'a> {
 
 /// Upper bound on the floats of one im2col buffer; bigger problems run in row chunks so a
 /// large batch does not need gigabytes of patches.
-const MAX_PATCH_FLOATS: usize = 32 << 20;
+pub(crate) const MAX_PATCH_FLOATS: usize = 32 << 20;
 
 thread_local! {
     static PATCH_BUFFER: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Runs `f` with this thread's reusable patch buffer (shared by every forward path).
+pub(crate) fn with_patch_buffer<R>(f: impl FnOnce(&mut Vec<f32>) -> R) -> R {
+    let mut buffer = PATCH_BUFFER.with(|b| std::mem::take(&mut *b.borrow_mut()));
+    let result = f(&mut buffer);
+    PATCH_BUFFER.with(|b| *b.borrow_mut() = buffer);
+    result
 }
 
 /// Convolves `input` (`[N, H, W, C_in]`) with OHWI `weight`, then applies `epilogue`.

@@ -5,6 +5,7 @@ pub mod activation;
 pub mod batchnorm;
 pub mod conv;
 pub mod conv_backward;
+pub mod conv_packed;
 pub mod elementwise;
 #[cfg(test)]
 mod gradcheck;
@@ -12,6 +13,7 @@ pub mod linear;
 pub mod loss;
 pub mod matmul;
 pub mod memory;
+pub mod packed_gemm;
 pub mod peak;
 pub mod pool;
 pub mod pool_backward;

@@ -1,6 +1,7 @@
 //! The ResNet family as small readable descriptions (config + blocks); the kernels that run
 //! them live in `crate::kernels`.
 
+mod compiled;
 mod config;
 pub mod layers;
 pub mod params;
@@ -9,6 +10,7 @@ pub mod seeded;
 pub mod summary;
 pub mod train;
 
+pub use compiled::CompiledResNet;
 pub use config::{BlockKind, ModelError, ResNetConfig, Shortcut, Stem, ARCHITECTURES, CIFAR_DEPTHS};
 pub use layers::{BatchNorm2d, Conv2d, Linear};
 pub use params::{Param, ParamKind};

@@ -1,0 +1,468 @@
+//! Matrix multiply against weights packed once, for inference.
+//!
+//! `out[M, N] = relu?(a[M, K] · B[K, N] + bias[N] + residual?[M, N])`, where `B` (a layer's
+//! weights, BatchNorm's scale already folded in) is packed ahead of time into panels of
+//! [`NR`] columns, each stored k-major (`panel[k][0..NR]`, zero-padded past `N`). The
+//! micro-kernel then reads one contiguous `NR`-wide row of `B` per `k`, broadcasts one value
+//! of each of [`MR`] rows of `a`, and keeps the `MR × NR` block of sums in registers across
+//! a whole block of `K`; bias, residual and ReLU are applied as the block is stored, so the
+//! output is written once. `a` is read in place (an NHWC activation for 1x1 convolutions,
+//! im2col patches otherwise): no packing per call at all.
+//!
+//! Paths: AVX-512F (chosen at run time) and a portable one that runs the `gemm` crate on
+//! each panel and applies the epilogue afterwards. Both are tested against a plain loop.
+
+use rayon::prelude::*;
+
+use super::matmul::{matmul, MatMul};
+
+/// Columns per packed panel: two AVX-512 registers of f32.
+pub const NR: usize = 32;
+/// Rows per micro-tile: 12 rows × 2 registers = 24 accumulators, leaving registers for the
+/// two `B` vectors and the broadcast.
+pub const MR: usize = 12;
+/// Depth of one block of `K` (a `KC × NR` block of `B` is 32 KiB, an L1's worth).
+const KC: usize = 256;
+/// Most rows per parallel task: the task's rows of `a` for one `K` block stay in L2.
+const MAX_TILE_ROWS: usize = 16 * MR;
+
+/// `B[K, N]`, packed for [`packed_matmul`].
+#[derive(Clone, Debug)]
+pub struct PackedMatrix {
+    k: usize,
+    n: usize,
+    /// `ceil(N / NR)` panels of `K × NR` values.
+    panels: Vec<f32>,
+}
+
+impl PackedMatrix {
+    /// Packs `B[k][n] = rows[n][k] · scale[n]`: `rows` is `[N, K]` row-major, the layout of a
+    /// convolution's OHWI weights and a linear layer's `[out, in]`; `scale` (one value per
+    /// column) folds an eval-mode BatchNorm into the weights.
+    pub fn from_rows(rows: &[f32], n: usize, k: usize, scale: Option<&[f32]>) -> PackedMatrix {
+        assert_eq!(rows.len(), n * k, "weights must hold N × K values");
+        if let Some(s) = scale {
+            assert_eq!(s.len(), n, "one scale per output column");
+        }
+        let panel_count = n.div_ceil(NR);
+        let mut panels = vec![0.0f32; panel_count * k * NR];
+        for (p, panel) in panels.chunks_mut((k * NR).max(1)).enumerate().take(panel_count) {
+            for col in 0..NR.min(n - p * NR) {
+                let j = p * NR + col;
+                let s = scale.map_or(1.0, |s| s[j]);
+                for kk in 0..k {
+                    panel[kk * NR + col] = rows[j * k + kk] * s;
+                }
+            }
+        }
+        PackedMatrix { k, n, panels }
+    }
+
+    pub fn k(&self) -> usize {
+        self.k
+    }
+
+    pub fn n(&self) -> usize {
+        self.n
+    }
+
+    fn panel(&self, p: usize) -> &[f32] {
+        &self.panels[p * self.k * NR..(p + 1) * self.k * NR]
+    }
+}
+
+/// What happens to each output value as it is stored.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct PackedEpilogue<'a> {
+    /// One value per column.
+    pub bias: Option<&'a [f32]>,
+    /// `[M, N]`, same layout as the output.
+    pub residual: Option<&'a [f32]>,
+    pub relu: bool,
+}
+
+/// Which implementation runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GemmPath {
+    Avx512,
+    Portable,
+}
+
+/// The fastest path this CPU supports; `RESNET_PORTABLE_KERNELS=1` forces the portable one
+/// (to test it on AVX-512 machines).
+pub fn best_path() -> GemmPath {
+    static PATH: std::sync::OnceLock<GemmPath> = std::sync::OnceLock::new();
+    *PATH.get_or_init(|| {
+        let forced = std::env::var("RESNET_PORTABLE_KERNELS").is_ok_and(|v| v == "1");
+        if !forced && avx512_available() {
+            GemmPath::Avx512
+        } else {
+            GemmPath::Portable
+        }
+    })
+}
+
+fn avx512_available() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::arch::is_x86_feature_detected!("avx512f")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// `out[M, N] = epilogue(a[M, K] · b)`, `a` row-major with row stride `lda` (≥ K), `out`
+/// dense `[M, N]`. Uses the current rayon pool. Panics when the slices are too short for
+/// the shapes (a caller bug).
+pub fn packed_matmul(a: &[f32], m: usize, lda: usize, b: &PackedMatrix, out: &mut [f32], e: &PackedEpilogue<'_>) {
+    packed_matmul_on(best_path(), a, m, lda, b, out, e);
+}
+
+/// [`packed_matmul`] on a chosen path (`Avx512` falls back to `Portable` where the CPU
+/// lacks AVX-512).
+pub fn packed_matmul_on(
+    path: GemmPath,
+    a: &[f32],
+    m: usize,
+    lda: usize,
+    b: &PackedMatrix,
+    out: &mut [f32],
+    e: &PackedEpilogue<'_>,
+) {
+    let (k, n) = (b.k, b.n);
+    assert!(lda >= k, "row stride of a must be at least K");
+    assert!(m == 0 || a.len() >= (m - 1) * lda + k, "a is too short for M rows");
+    assert_eq!(out.len(), m * n, "out must be M × N");
+    if let Some(bias) = e.bias {
+        assert_eq!(bias.len(), n, "one bias per column");
+    }
+    if let Some(r) = e.residual {
+        assert_eq!(r.len(), m * n, "residual must be M × N");
+    }
+    if m == 0 || n == 0 {
+        return;
+    }
+    let threads = super::current_threads();
+    // Row tiles: at least two per thread when M allows, multiples of MR, at most MAX_TILE_ROWS.
+    let tile_rows = m.div_ceil(2 * threads).next_multiple_of(MR).clamp(MR, MAX_TILE_ROWS);
+    let use_avx512 = path == GemmPath::Avx512 && avx512_available();
+    out.par_chunks_mut(tile_rows * n).enumerate().for_each(|(t, out_tile)| {
+        let row0 = t * tile_rows;
+        let rows = out_tile.len() / n;
+        let a_tile = &a[row0 * lda..];
+        let residual = e.residual.map(|r| &r[row0 * n..(row0 + rows) * n]);
+        let tile_epilogue = PackedEpilogue { bias: e.bias, residual, relu: e.relu };
+        if use_avx512 {
+            #[cfg(target_arch = "x86_64")]
+            avx512::tile(a_tile, rows, lda, b, out_tile, &tile_epilogue);
+        } else {
+            portable_tile(a_tile, rows, lda, b, out_tile, &tile_epilogue);
+        }
+    });
+}
+
+/// The portable path for one tile of rows: the `gemm` crate per panel, then the epilogue.
+fn portable_tile(a: &[f32], rows: usize, lda: usize, b: &PackedMatrix, out: &mut [f32], e: &PackedEpilogue<'_>) {
+    let n = b.n;
+    for p in 0..n.div_ceil(NR) {
+        let cols = NR.min(n - p * NR);
+        let spec = MatMul {
+            m: rows,
+            n: cols,
+            k: b.k,
+            lhs: a,
+            lhs_row_stride: lda,
+            lhs_col_stride: 1,
+            rhs: b.panel(p),
+            rhs_row_stride: NR,
+            rhs_col_stride: 1,
+            accumulate: false,
+            threads: 1,
+        };
+        matmul(&spec, &mut out[p * NR..], n);
+    }
+    apply_epilogue_rows(out, n, e);
+}
+
+/// `out = relu?(out + bias + residual)` over dense `[rows, n]`.
+fn apply_epilogue_rows(out: &mut [f32], n: usize, e: &PackedEpilogue<'_>) {
+    for (r, row) in out.chunks_mut(n).enumerate() {
+        if let Some(bias) = e.bias {
+            row.iter_mut().zip(bias).for_each(|(v, b)| *v += b);
+        }
+        if let Some(res) = e.residual {
+            row.iter_mut().zip(&res[r * n..(r + 1) * n]).for_each(|(v, s)| *v += s);
+        }
+        if e.relu {
+            row.iter_mut().for_each(|v| *v = v.max(0.0));
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx512 {
+    use std::arch::x86_64::*;
+
+    use super::{PackedEpilogue, PackedMatrix, KC, MR, NR};
+
+    /// One tile of rows on AVX-512: for each block of `K` and each panel, every `MR` rows
+    /// run through the micro-kernel (a shorter kernel takes the last rows).
+    pub(super) fn tile(a: &[f32], rows: usize, lda: usize, b: &PackedMatrix, out: &mut [f32], e: &PackedEpilogue<'_>) {
+        let (k, n) = (b.k, b.n);
+        let mut k0 = 0;
+        loop {
+            let kc = KC.min(k - k0);
+            let first = k0 == 0;
+            let last = k0 + kc == k;
+            for p in 0..n.div_ceil(NR) {
+                let cols = NR.min(n - p * NR);
+                let panel = &b.panel(p)[k0 * NR..(k0 + kc) * NR];
+                let mut r0 = 0;
+                while r0 < rows {
+                    let mr = MR.min(rows - r0);
+                    let mut block = Block {
+                        a: &a[r0 * lda + k0..],
+                        lda,
+                        kc,
+                        panel,
+                        out: &mut out[r0 * n + p * NR..],
+                        ldc: n,
+                        cols,
+                        first,
+                        epilogue: last.then_some(Epilogue {
+                            bias: e.bias.map(|b| &b[p * NR..p * NR + cols]),
+                            residual: e.residual.map(|r| &r[r0 * n + p * NR..]),
+                            relu: e.relu,
+                        }),
+                    };
+                    block.check(mr);
+                    // SAFETY: `tile` is only called after `is_x86_feature_detected!("avx512f")`
+                    // (see `packed_matmul_on`), and `check` proved every pointer the kernel
+                    // forms lies inside its slice.
+                    unsafe { dispatch(mr, &mut block) };
+                    r0 += mr;
+                }
+            }
+            k0 += kc;
+            if k0 >= k {
+                break;
+            }
+        }
+    }
+
+    struct Epilogue<'a> {
+        bias: Option<&'a [f32]>,
+        residual: Option<&'a [f32]>,
+        relu: bool,
+    }
+
+    /// One micro-tile's operands: `mr` rows of `a` (stride `lda`) over `kc` values, a
+    /// `kc × NR` block of a panel, and the `mr × cols` block of `out` (stride `ldc`).
+    struct Block<'a> {
+        a: &'a [f32],
+        lda: usize,
+        kc: usize,
+        panel: &'a [f32],
+        out: &'a mut [f32],
+        ldc: usize,
+        cols: usize,
+        /// Start from zero (first `K` block) instead of the stored partial sums.
+        first: bool,
+        /// Present on the last `K` block: applied as the sums are stored.
+        epilogue: Option<Epilogue<'a>>,
+    }
+
+    impl Block<'_> {
+        /// Every index the kernel touches for `mr` rows is in bounds (panics otherwise).
+        fn check(&self, mr: usize) {
+            assert!((1..=MR).contains(&mr) && (1..=NR).contains(&self.cols));
+            assert!(self.a.len() >= (mr - 1) * self.lda + self.kc);
+            assert!(self.panel.len() >= self.kc * NR);
+            assert!(self.out.len() >= (mr - 1) * self.ldc + self.cols);
+            if let Some(e) = &self.epilogue {
+                assert!(e.bias.is_none_or(|b| b.len() >= self.cols));
+                assert!(e.residual.is_none_or(|r| r.len() >= (mr - 1) * self.ldc + self.cols));
+            }
+        }
+    }
+
+    /// Runs the kernel specialised for `mr` rows.
+    ///
+    /// # Safety
+    /// The CPU supports AVX-512F and `block.check(mr)` passed.
+    unsafe fn dispatch(mr: usize, block: &mut Block<'_>) {
+        // SAFETY (each arm): forwarded from this function's contract.
+        unsafe {
+            match mr {
+                12 => kernel::<12>(block),
+                11 => kernel::<11>(block),
+                10 => kernel::<10>(block),
+                9 => kernel::<9>(block),
+                8 => kernel::<8>(block),
+                7 => kernel::<7>(block),
+                6 => kernel::<6>(block),
+                5 => kernel::<5>(block),
+                4 => kernel::<4>(block),
+                3 => kernel::<3>(block),
+                2 => kernel::<2>(block),
+                _ => kernel::<1>(block),
+            }
+        }
+    }
+
+    /// The micro-kernel: `ROWS × 32` sums in 2·ROWS registers across the `K` block.
+    ///
+    /// # Safety
+    /// The CPU supports AVX-512F and `block.check(ROWS)` passed.
+    #[target_feature(enable = "avx512f")]
+    unsafe fn kernel<const ROWS: usize>(block: &mut Block<'_>) {
+        let mask_lo: __mmask16 = if block.cols >= 16 { 0xFFFF } else { (1u32 << block.cols) as u16 - 1 };
+        let mask_hi: __mmask16 = if block.cols >= 32 {
+            0xFFFF
+        } else if block.cols > 16 {
+            (1u32 << (block.cols - 16)) as u16 - 1
+        } else {
+            0
+        };
+        let out = block.out.as_mut_ptr();
+        let a = block.a.as_ptr();
+        let b = block.panel.as_ptr();
+        let mut acc = [[_mm512_setzero_ps(); 2]; ROWS];
+        // SAFETY: `check(ROWS)` bounds every offset below: rows r < ROWS of `a` up to
+        // (ROWS-1)·lda + kc, panel rows k < kc of NR values, output rows r < ROWS with
+        // masked access to `cols` columns (masked-off lanes are never touched).
+        unsafe {
+            if !block.first {
+                for (r, acc_r) in acc.iter_mut().enumerate() {
+                    let row = out.add(r * block.ldc);
+                    acc_r[0] = _mm512_maskz_loadu_ps(mask_lo, row);
+                    acc_r[1] = _mm512_maskz_loadu_ps(mask_hi, row.add(16));
+                }
+            }
+            for kk in 0..block.kc {
+                let b0 = _mm512_loadu_ps(b.add(kk * NR));
+                let b1 = _mm512_loadu_ps(b.add(kk * NR + 16));
+                for (r, acc_r) in acc.iter_mut().enumerate() {
+                    let av = _mm512_set1_ps(*a.add(r * block.lda + kk));
+                    acc_r[0] = _mm512_fmadd_ps(av, b0, acc_r[0]);
+                    acc_r[1] = _mm512_fmadd_ps(av, b1, acc_r[1]);
+                }
+            }
+            if let Some(e) = &block.epilogue {
+                let (bias_lo, bias_hi) = match e.bias {
+                    Some(bias) => (
+                        _mm512_maskz_loadu_ps(mask_lo, bias.as_ptr()),
+                        _mm512_maskz_loadu_ps(mask_hi, bias.as_ptr().add(16)),
+                    ),
+                    None => (_mm512_setzero_ps(), _mm512_setzero_ps()),
+                };
+                for (r, acc_r) in acc.iter_mut().enumerate() {
+                    acc_r[0] = _mm512_add_ps(acc_r[0], bias_lo);
+                    acc_r[1] = _mm512_add_ps(acc_r[1], bias_hi);
+                    if let Some(res) = e.residual {
+                        let row = res.as_ptr().add(r * block.ldc);
+                        acc_r[0] = _mm512_add_ps(acc_r[0], _mm512_maskz_loadu_ps(mask_lo, row));
+                        acc_r[1] = _mm512_add_ps(acc_r[1], _mm512_maskz_loadu_ps(mask_hi, row.add(16)));
+                    }
+                    if e.relu {
+                        acc_r[0] = _mm512_max_ps(acc_r[0], _mm512_setzero_ps());
+                        acc_r[1] = _mm512_max_ps(acc_r[1], _mm512_setzero_ps());
+                    }
+                }
+            }
+            for (r, acc_r) in acc.iter().enumerate() {
+                let row = out.add(r * block.ldc);
+                _mm512_mask_storeu_ps(row, mask_lo, acc_r[0]);
+                _mm512_mask_storeu_ps(row.add(16), mask_hi, acc_r[1]);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::prng::SplitMix64;
+
+    fn random(rng: &mut SplitMix64, len: usize) -> Vec<f32> {
+        (0..len).map(|_| rng.uniform_f32(-1.0, 1.0)).collect()
+    }
+
+    /// `a` as `[m, lda]`, and `B` as OHWI-style `rows` `[n, k]` with one `scale` per row.
+    struct Problem<'a> {
+        a: &'a [f32],
+        m: usize,
+        lda: usize,
+        rows: &'a [f32],
+        n: usize,
+        k: usize,
+        scale: &'a [f32],
+    }
+
+    /// The plain definition, in f64.
+    fn reference(p: &Problem<'_>, e: &PackedEpilogue<'_>) -> Vec<f32> {
+        let Problem { a, m, lda, rows, n, k, scale } = *p;
+        let mut out = vec![0.0f32; m * n];
+        for i in 0..m {
+            for j in 0..n {
+                let mut s = 0.0f64;
+                for kk in 0..k {
+                    s += a[i * lda + kk] as f64 * (rows[j * k + kk] * scale[j]) as f64;
+                }
+                s += e.bias.map_or(0.0, |b| b[j] as f64);
+                s += e.residual.map_or(0.0, |r| r[i * n + j] as f64);
+                out[i * n + j] = if e.relu { s.max(0.0) as f32 } else { s as f32 };
+            }
+        }
+        out
+    }
+
+    /// Shapes with every remainder: rows not a multiple of MR, columns not a multiple of NR
+    /// (and fewer than 16), K below, at and above one block, and a row stride above K.
+    /// Sums of up to 600 products of values in [-1, 1] in f32 against f64: tolerance 1e-4
+    /// absolute plus 1e-5 relative.
+    #[test]
+    fn both_paths_equal_the_plain_definition() {
+        let mut rng = SplitMix64::new(5);
+        for &(m, n, k, extra_lda) in
+            &[(1, 1, 1, 0), (13, 17, 5, 3), (25, 32, 256, 0), (30, 40, 257, 1), (7, 1000, 64, 0), (200, 64, 600, 0)]
+        {
+            let lda = k + extra_lda;
+            let a = random(&mut rng, m * lda);
+            let rows = random(&mut rng, n * k);
+            let scale = random(&mut rng, n);
+            let bias = random(&mut rng, n);
+            let residual = random(&mut rng, m * n);
+            let packed = PackedMatrix::from_rows(&rows, n, k, Some(&scale));
+            for (with_bias, with_residual, relu) in [(false, false, false), (true, true, true), (true, false, true)] {
+                let e = PackedEpilogue {
+                    bias: with_bias.then_some(bias.as_slice()),
+                    residual: with_residual.then_some(residual.as_slice()),
+                    relu,
+                };
+                let problem = Problem { a: &a, m, lda, rows: &rows, n, k, scale: &scale };
+                let expected = reference(&problem, &e);
+                for path in [GemmPath::Avx512, GemmPath::Portable] {
+                    let mut out = vec![f32::NAN; m * n];
+                    packed_matmul_on(path, &a, m, lda, &packed, &mut out, &e);
+                    for (i, (got, want)) in out.iter().zip(&expected).enumerate() {
+                        assert!(
+                            (got - want).abs() <= 1e-4 + 1e-5 * want.abs(),
+                            "{path:?} m{m} n{n} k{k}: out[{i}] = {got}, expected {want}"
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn empty_shapes_do_nothing() {
+        let packed = PackedMatrix::from_rows(&[], 0, 4, None);
+        packed_matmul(&[0.0; 8], 2, 4, &packed, &mut [], &PackedEpilogue::default());
+        let packed = PackedMatrix::from_rows(&[1.0; 8], 2, 4, None);
+        packed_matmul(&[], 0, 4, &packed, &mut [], &PackedEpilogue::default());
+    }
+}
