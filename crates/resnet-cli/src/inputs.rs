@@ -1,18 +1,21 @@
 //! Inputs of `classify` and `embed`: image files, directories of images (walked in sorted
-//! order), and `.npy` arrays of already-preprocessed `[N, 3, H, W]` float32 batches.
+//! order), and `.npy` arrays of already-preprocessed `[N, C, H, W]` float32 batches (C = 3,
+//! or 1 for nets trained on grey images).
 
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use rayon::prelude::*;
 use resnet_core::Tensor;
-use resnet_data::{decode_image, is_image_path, preprocess, read_npy_f32, Preprocess};
+use resnet_data::{decode_image, is_image_path, read_npy_f32};
+
+use crate::preprocessing::InputPrep;
 
 /// One thing to run the model on.
 #[derive(Clone, Debug)]
 pub enum InputItem {
     Image(PathBuf),
-    /// Row `index` of an `[N, 3, H, W]` array.
+    /// Row `index` of an `[N, C, H, W]` array.
     NpyRow {
         path: PathBuf,
         index: usize,
@@ -47,7 +50,7 @@ pub fn expand_inputs(paths: &[PathBuf]) -> anyhow::Result<Vec<InputItem>> {
             }
         } else if is_npy(path) {
             let (shape, _) = read_npy_f32(path)?;
-            check_npy_shape(path, &shape)?;
+            check_npy_shape(path, &shape, None)?;
             items.extend((0..shape[0]).map(|index| InputItem::NpyRow { path: path.clone(), index }));
         } else {
             items.push(InputItem::Image(path.clone()));
@@ -75,20 +78,32 @@ fn walk_dir(dir: &Path, items: &mut Vec<InputItem>) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn check_npy_shape(path: &Path, shape: &[usize]) -> anyhow::Result<()> {
-    if shape.len() != 4 || shape[1] != 3 || shape[2] == 0 || shape[3] == 0 {
+/// Checks an array's shape: `[N, C, H, W]`, and when `channels` is known, C equal to it.
+fn check_npy_shape(path: &Path, shape: &[usize], channels: Option<usize>) -> anyhow::Result<()> {
+    if shape.len() != 4 || shape[1] == 0 || shape[2] == 0 || shape[3] == 0 {
         anyhow::bail!(
-            "{}: array has shape {shape:?}; expected float32 [N, 3, H, W], already preprocessed (normalised) images",
+            "{}: array has shape {shape:?}; expected float32 [N, C, H, W] (C = 3, or 1 for grey-image nets), \
+             already preprocessed (normalised) images",
             path.display()
+        );
+    }
+    if let Some(c) = channels.filter(|&c| c != shape[1]) {
+        anyhow::bail!(
+            "{}: array has {} channels (shape {shape:?}) but the model takes {c}; pass [N, {c}, H, W] arrays \
+             or the weights this array was made for",
+            path.display(),
+            shape[1]
         );
     }
     Ok(())
 }
 
-/// Decodes and preprocesses `items` (in parallel) into one NHWC batch. All items of a batch
-/// must produce the same size: images always do (the crop), array rows do within a file.
-pub fn load_batch(items: &[InputItem], pre: &Preprocess, max_pixels: u64) -> anyhow::Result<Tensor> {
-    let crop = pre.crop as usize;
+/// Decodes and preprocesses `items` (in parallel) into one NHWC batch of `prep.channels`
+/// channels. All items of a batch must produce the same size: images always do (the crop),
+/// array rows do within a file.
+pub fn load_batch(items: &[InputItem], prep: &InputPrep, max_pixels: u64) -> anyhow::Result<Tensor> {
+    let crop = prep.crop as usize;
+    let channels = prep.channels;
     let mut npy_cache: Option<(PathBuf, Vec<usize>, Vec<f32>)> = None;
     let mut rows: Vec<Option<(usize, usize, Vec<f32>)>> = vec![None; items.len()];
     // Arrays are read once per file; rows are already NCHW-normalised.
@@ -96,14 +111,15 @@ pub fn load_batch(items: &[InputItem], pre: &Preprocess, max_pixels: u64) -> any
         if let InputItem::NpyRow { path, index } = item {
             if npy_cache.as_ref().is_none_or(|(p, _, _)| p != path) {
                 let (shape, data) = read_npy_f32(path)?;
-                check_npy_shape(path, &shape)?;
+                check_npy_shape(path, &shape, Some(channels))?;
                 npy_cache = Some((path.clone(), shape, data));
             }
             if let Some((_, shape, data)) = &npy_cache {
                 let (h, w) = (shape[2], shape[3]);
-                let plane = 3 * h * w;
+                let plane = channels * h * w;
                 let nchw = &data[index * plane..(index + 1) * plane];
-                rows_from_nchw(slot, h, w, nchw);
+                let t = Tensor::nchw_to_nhwc([1, channels, h, w], nchw);
+                *slot = Some((h, w, t.data));
             }
         }
     }
@@ -112,7 +128,7 @@ pub fn load_batch(items: &[InputItem], pre: &Preprocess, max_pixels: u64) -> any
         .map(|item| match item {
             InputItem::Image(path) => {
                 let image = decode_image(path, max_pixels)?;
-                Ok(Some(preprocess(&image, pre)))
+                Ok(Some(prep.apply(&image)))
             }
             InputItem::NpyRow { .. } => Ok(None),
         })
@@ -126,7 +142,7 @@ pub fn load_batch(items: &[InputItem], pre: &Preprocess, max_pixels: u64) -> any
         Some(Some((h, w, _))) => (*h, *w),
         _ => anyhow::bail!("empty batch"),
     };
-    let mut data = Vec::with_capacity(items.len() * h * w * 3);
+    let mut data = Vec::with_capacity(items.len() * h * w * channels);
     for (item, row) in items.iter().zip(rows) {
         let Some((rh, rw, hwc)) = row else { anyhow::bail!("{}: could not be read", item.display_name()) };
         if (rh, rw) != (h, w) {
@@ -137,12 +153,7 @@ pub fn load_batch(items: &[InputItem], pre: &Preprocess, max_pixels: u64) -> any
         }
         data.extend_from_slice(&hwc);
     }
-    Tensor::from_vec(&[items.len(), h, w, 3], data).context("batch assembly")
-}
-
-fn rows_from_nchw(slot: &mut Option<(usize, usize, Vec<f32>)>, h: usize, w: usize, nchw: &[f32]) {
-    let t = Tensor::nchw_to_nhwc([1, 3, h, w], nchw);
-    *slot = Some((h, w, t.data));
+    Tensor::from_vec(&[items.len(), h, w, channels], data).context("batch assembly")
 }
 
 /// Splits `items` into runs of at most `batch` that can share one tensor: images together,

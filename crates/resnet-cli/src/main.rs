@@ -5,6 +5,7 @@ mod inputs;
 mod labels;
 mod model_source;
 mod output;
+mod preprocessing;
 mod pretrained;
 
 use std::process::ExitCode;

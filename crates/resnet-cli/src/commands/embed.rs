@@ -6,27 +6,34 @@ use anyhow::Context;
 use resnet_core::model::FeatureLayer;
 use resnet_core::weights::safetensors_io::save_safetensors_with_metadata;
 use resnet_core::weights::{StateDict, StoredTensor};
-use resnet_data::{write_npy_f32, Preprocess};
+use resnet_data::write_npy_f32;
 
 use crate::inputs::{batch_ranges, expand_inputs, load_batch, progress_bar};
 use crate::model_source::{load_model, ModelArgs};
+use crate::preprocessing::DatasetPreset;
 
 /// Extract embeddings or feature maps to .npy or .safetensors.
 ///
 /// The pooled embedding (`pool`, 2048-d for ResNet-50), the logits, or a
 /// stage's feature map (`layer1`..`layer4`, written [N, C, H, W] as PyTorch lays it out).
-/// Rows follow the input order; directories are walked in sorted order. Output is `.npy`
+/// Rows follow the input order; directories are walked in sorted order. Nets trained on a
+/// small data set (e.g. the CIFAR-style resnet20) take `--dataset NAME` for that data set's
+/// preprocessing, as in `resnet classify` (pool is then 64-d). Output is `.npy`
 /// (float32, readable by numpy.load) or `.safetensors` (tensor `features`, with the input
 /// names in the metadata key `inputs` as a JSON list).
 ///
 /// Example: resnet embed photos/ --layer pool --out embeddings.npy
 #[derive(clap::Args, Debug)]
 pub struct Args {
-    /// Images, directories of images, or .npy arrays [N, 3, H, W] already preprocessed.
+    /// Images, directories of images, or .npy arrays [N, C, H, W] already preprocessed.
     #[arg(required = true, value_name = "INPUT")]
     inputs: Vec<PathBuf>,
     #[command(flatten)]
     model: ModelArgs,
+    /// The data set the weights were trained on (fashion-mnist, mnist, cifar10, cifar100):
+    /// its input size, grey or RGB, and normalisation. Required for the CIFAR-style nets.
+    #[arg(long, value_name = "NAME")]
+    dataset: Option<String>,
     /// Which output: logits, pool, layer1, layer2, layer3 or layer4.
     #[arg(long, default_value = "pool")]
     layer: String,
@@ -55,15 +62,15 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         Some("safetensors") => OutputFormat::Safetensors,
         _ => anyhow::bail!("--out {}: the file name must end in .npy or .safetensors", args.out.display()),
     };
+    let dataset = args.dataset.as_deref().map(DatasetPreset::parse).transpose()?;
     let items = expand_inputs(&args.inputs)?;
-    let loaded = load_model(&args.model)?;
-    let pre = Preprocess::imagenet_with_resize(loaded.resize);
+    let loaded = load_model(&args.model, dataset.as_ref())?;
     let bar = progress_bar(items.len(), "embed");
     let mut row_shape: Option<Vec<usize>> = None;
     let mut data = Vec::new();
     for range in batch_ranges(&items, args.batch) {
         let batch = &items[range.clone()];
-        let x = load_batch(batch, &pre, args.max_pixels)?;
+        let x = load_batch(batch, &loaded.prep, args.max_pixels)?;
         let mut f = loaded.model.forward_features(&x, layer)?;
         let (shape, values) = match layer {
             FeatureLayer::Logits => f.logits.map(|t| (t.shape[1..].to_vec(), t.data)),
