@@ -3,10 +3,13 @@
 //!
 //!     cargo bench -p resnet-core --bench gemm_shapes [-- THREADS]
 //!
-//! Prints GFLOP/s per shape for `gemm` and `matrixmultiply`, medians of 5 runs.
+//! Prints GFLOP/s per shape for `gemm`, `matrixmultiply` and our packed-weight kernel
+//! (`kernels::packed_gemm`, weights packed once outside the timing as inference does),
+//! medians of 5 runs.
 
 use std::time::Instant;
 
+use resnet_core::kernels::packed_gemm::{packed_matmul, PackedEpilogue, PackedMatrix};
 use resnet_core::kernels::{matmul, MatMul};
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -29,8 +32,14 @@ fn main() {
         ("layer4 3x3 512", 16 * 7 * 7, 512, 4608),
         ("layer4 1x1 512->2048", 16 * 7 * 7, 2048, 512),
         ("batch1 layer4 3x3 512", 7 * 7, 512, 4608),
+        ("batch1 layer1 3x3 64", 56 * 56, 64, 576),
+        ("batch1 layer3 1x1 1024->256", 14 * 14, 256, 1024),
+        ("cifar 3x3 16, batch 128", 128 * 32 * 32, 16, 144),
     ];
-    println!("{:<24} {:>8} {:>6} {:>6} {:>14} {:>16}", "shape", "M", "N", "K", "gemm GFLOP/s", "matrixmul GFLOP/s");
+    println!(
+        "{:<24} {:>8} {:>6} {:>6} {:>14} {:>16} {:>15}",
+        "shape", "M", "N", "K", "gemm GFLOP/s", "matrixmul GFLOP/s", "packed GFLOP/s"
+    );
     for (name, m, n, k) in shapes {
         let lhs: Vec<f32> = (0..m * k).map(|i| (i % 7) as f32 * 0.1).collect();
         let rhs: Vec<f32> = (0..n * k).map(|i| (i % 5) as f32 * 0.1).collect();
@@ -49,9 +58,14 @@ fn main() {
             accumulate: false,
             threads,
         };
+        let packed = PackedMatrix::from_rows(&rhs, n, k, None);
         let mut t_gemm = Vec::new();
         let mut t_mm = Vec::new();
+        let mut t_packed = Vec::new();
         for _ in 0..5 {
+            let t = Instant::now();
+            packed_matmul(&lhs, m, k, &packed, &mut dst, &PackedEpilogue::default());
+            t_packed.push(t.elapsed().as_secs_f64());
             let t = Instant::now();
             matmul(&spec, &mut dst, n);
             t_gemm.push(t.elapsed().as_secs_f64());
@@ -78,13 +92,14 @@ fn main() {
             t_mm.push(t.elapsed().as_secs_f64());
         }
         println!(
-            "{:<24} {:>8} {:>6} {:>6} {:>14.1} {:>16.1}",
+            "{:<24} {:>8} {:>6} {:>6} {:>14.1} {:>16.1} {:>15.1}",
             name,
             m,
             n,
             k,
             flops / median(t_gemm) / 1e9,
-            flops / median(t_mm) / 1e9
+            flops / median(t_mm) / 1e9,
+            flops / median(t_packed) / 1e9
         );
     }
 }

@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use resnet_core::kernels::conv_backward::{conv2d_nhwc_backward_input, conv2d_nhwc_backward_weight};
+use resnet_core::kernels::conv_packed::PackedConv;
 use resnet_core::kernels::peak::{best_fp32_isa, measure_peak, Peak, PeakIsa};
 use resnet_core::kernels::{conv2d_nhwc, Conv2dGeometry, Epilogue};
 use resnet_core::model::seeded::seeded_values;
@@ -129,7 +130,7 @@ pub fn run_layers(arch: &str, side: usize, batch: usize, iters: usize, train: bo
             peak.isa.name()
         ))?;
         emit(format!(
-            "{:<34} {:>5} {:<22} {:<15} {:>9} {:>9} {:>6}",
+            "{:<34} {:>5} {:<22} {:<18} {:>9} {:>9} {:>6}",
             "conv (C_in→C_out k/s, input)", "count", "first layer", "pass", "ms", "GFLOP/s", "% peak"
         ))?;
     }
@@ -142,8 +143,14 @@ pub fn run_layers(arch: &str, side: usize, batch: usize, iters: usize, train: bo
         let weight = seeded_values(2, g.weight_len(), -0.1, 0.1);
         let grad_out = seeded_tensor(&[batch, oh, ow, g.out_channels], 3);
         let gflop = 2.0 * (batch * oh * ow * g.out_channels * g.filter_len()) as f64 / 1e9;
-        let mut passes: Vec<(&'static str, f64)> =
-            vec![("forward", median_ms(iters, || drop(conv2d_nhwc(&input, &weight, g, &Epilogue::default()))))];
+        // Inference runs the compiled conv (packed weights, fused epilogue); training the
+        // plain one, whose weights change every step.
+        let packed = PackedConv::new(*g, &weight, &vec![1.0; g.out_channels], vec![0.0; g.out_channels]);
+        let mut passes: Vec<(&'static str, f64)> = if train {
+            vec![("forward", median_ms(iters, || drop(conv2d_nhwc(&input, &weight, g, &Epilogue::default()))))]
+        } else {
+            vec![("forward (compiled)", median_ms(iters, || drop(packed.forward(&input, None, true))))]
+        };
         if train {
             passes.push((
                 "backward input",
@@ -183,7 +190,7 @@ pub fn run_layers(arch: &str, side: usize, batch: usize, iters: usize, train: bo
                 serde_json::to_string(&record)?
             } else {
                 format!(
-                    "{:<34} {:>5} {:<22} {:<15} {:>9.2} {:>9.1} {:>5.0}%",
+                    "{:<34} {:>5} {:<22} {:<18} {:>9.2} {:>9.1} {:>5.0}%",
                     record.shape,
                     record.count,
                     record.first_layer,

@@ -9,7 +9,9 @@
 
 use rayon::prelude::*;
 
+use super::conv_packed::conv2d_nhwc_packed;
 use super::matmul::{matmul, MatMul};
+use super::packed_gemm::PackedMatrix;
 use crate::tensor::Tensor;
 
 /// Shape parameters of one convolution (square stride and padding, as in the ResNet family).
@@ -42,7 +44,7 @@ impl Conv2dGeometry {
         self.out_channels * self.filter_len()
     }
 
-    fn is_pointwise(&self) -> bool {
+    pub(crate) fn is_pointwise(&self) -> bool {
         self.kernel_h == 1 && self.kernel_w == 1 && self.padding == 0 && self.groups == 1
     }
 }
@@ -89,30 +91,20 @@ pub fn conv2d_nhwc(input: &Tensor, weight: &[f32], geom: &Conv2dGeometry, epilog
     if rows == 0 || c_out == 0 {
         return out;
     }
-    let threads = super::current_threads();
-
-    if geom.is_pointwise() && geom.stride == 1 {
-        pointwise_gemm(&input.data, c_in, weight, c_out, &mut out.data, threads);
-    } else {
-        let k_group = geom.filter_len();
-        let chunk_rows = (MAX_PATCH_FLOATS / k_group.max(1)).max(1);
-        // The patch buffer is reused across calls: fresh 100 MB buffers cost page faults
-        // (measured: ~10% of a batch-16 ResNet-50 forward).
-        let mut patches = PATCH_BUFFER.with(|b| std::mem::take(&mut *b.borrow_mut()));
-        let mut row0 = 0;
-        while row0 < rows {
-            let chunk = chunk_rows.min(rows - row0);
-            let out_chunk = &mut out.data[row0 * c_out..(row0 + chunk) * c_out];
-            if geom.groups == 1 {
-                patches.resize(chunk * k_group, 0.0);
-                im2col_nhwc(input, geom, (oh, ow), 0, row0, &mut patches);
-                pointwise_gemm(&patches, k_group, weight, c_out, out_chunk, threads);
-            } else {
-                grouped_gemm(input, weight, geom, (oh, ow), row0, out_chunk);
-            }
-            row0 += chunk;
-        }
-        PATCH_BUFFER.with(|b| *b.borrow_mut() = patches);
+    if geom.groups == 1 {
+        // Pack the weights once per call (BN's scale folded in when given), and let the
+        // micro-kernel apply shift, residual and ReLU as it stores: one pass over the output.
+        let packed = PackedMatrix::from_rows(weight, c_out, geom.filter_len(), epilogue.scale);
+        return conv2d_nhwc_packed(input, geom, &packed, epilogue.shift, epilogue.residual, epilogue.relu);
+    }
+    // Grouped (ResNeXt): one GEMM per group, in row chunks so patches stay bounded.
+    let chunk_rows = (MAX_PATCH_FLOATS / (geom.groups * geom.filter_len()).max(1)).max(1);
+    let mut row0 = 0;
+    while row0 < rows {
+        let chunk = chunk_rows.min(rows - row0);
+        let out_chunk = &mut out.data[row0 * c_out..(row0 + chunk) * c_out];
+        grouped_gemm(input, weight, geom, (oh, ow), row0, out_chunk);
+        row0 += chunk;
     }
     apply_epilogue(&mut out.data, c_out, epilogue);
     out

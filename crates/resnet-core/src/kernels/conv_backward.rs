@@ -15,6 +15,7 @@ use rayon::prelude::*;
 
 use super::conv::{im2col_nhwc, valid_taps, Conv2dGeometry};
 use super::matmul::{matmul, MatMul};
+use super::packed_gemm::{packed_matmul, packed_matmul_strided, Lhs, PackedEpilogue, PackedMatrix};
 use crate::tensor::Tensor;
 
 /// Upper bound on the floats of one patch buffer (as in the forward): a large batch runs in
@@ -88,22 +89,12 @@ fn backward_input_chunked(
     }
     if is_pointwise_stride1(geom) {
         // grad_input[M, C_in] = grad_out[M, C_out] · W[C_out, C_in]: no patches at all.
-        let spec = MatMul {
-            m: n * h * w,
-            n: c_in,
-            k: c_out,
-            lhs: &grad_out.data,
-            lhs_row_stride: c_out,
-            lhs_col_stride: 1,
-            rhs: weight,
-            rhs_row_stride: c_in,
-            rhs_col_stride: 1,
-            accumulate: false,
-            threads: super::current_threads(),
-        };
-        matmul(&spec, &mut grad_input.data, c_in);
+        let packed = PackedMatrix::from_kn(weight, c_out, c_in);
+        packed_matmul(&grad_out.data, n * h * w, c_out, &packed, &mut grad_input.data, &PackedEpilogue::default());
         return grad_input;
     }
+    // One group: W read as [C_out, K] is the right operand of every chunk's product.
+    let packed = (geom.groups == 1).then(|| PackedMatrix::from_kn(weight, c_out, geom.filter_len()));
     // Chunks hold whole images, so col2im finds every patch that read a pixel in the chunk.
     let patch_floats_per_image = oh * ow * geom.kernel_h * geom.kernel_w * c_in;
     let images_per_chunk = (max_patch_floats / patch_floats_per_image.max(1)).max(1);
@@ -115,7 +106,10 @@ fn backward_input_chunked(
             let grad_out_rows = &grad_out.data[first_row * c_out..(first_row + rows) * c_out];
             // Every value is overwritten by the GEMM; resize only sets the length.
             grad_patches.resize(rows * geom.groups * geom.filter_len(), 0.0);
-            patch_gradients(grad_out_rows, weight, geom, grad_patches);
+            match &packed {
+                Some(p) => packed_matmul(grad_out_rows, rows, c_out, p, grad_patches, &PackedEpilogue::default()),
+                None => patch_gradients(grad_out_rows, weight, geom, grad_patches),
+            }
             col2im_nhwc(grad_patches, geom, (h, w), (oh, ow), grad_in_chunk);
         }
     });
@@ -242,7 +236,9 @@ fn backward_weight_chunked(
         matmul(&spec, dst, k_group);
     };
     if is_pointwise_stride1(geom) {
-        accumulate_group(0, 0, &input.data, &mut grad_weight, super::current_threads());
+        // grad_Wᵀ[C_in, C_out] = inputᵀ · grad_out: the input read transposed in place.
+        let lhs = Lhs { data: &input.data, row_stride: 1, col_stride: c_in };
+        weight_gradient_packed(lhs, c_in, &grad_out.data, c_out, false, &mut grad_weight);
         return grad_weight;
     }
     let chunk_rows = (max_patch_floats / (geom.groups * k_group).max(1)).max(1);
@@ -254,7 +250,10 @@ fn backward_weight_chunked(
             patches.resize(geom.groups * chunk * k_group, 0.0);
             if geom.groups == 1 {
                 im2col_nhwc(input, geom, (oh, ow), 0, first_row, patches);
-                accumulate_group(0, first_row, patches, &mut grad_weight, super::current_threads());
+                // grad_Wᵀ[K, C_out] += patchesᵀ · grad_out, the patches read transposed in place.
+                let lhs = Lhs { data: patches, row_stride: 1, col_stride: k_group };
+                let grad_rows = &grad_out.data[first_row * c_out..(first_row + chunk) * c_out];
+                weight_gradient_packed(lhs, k_group, grad_rows, c_out, first_row > 0, &mut grad_weight);
             } else {
                 // Groups own disjoint filter rows (OHWI keeps a group's filters contiguous).
                 grad_weight
@@ -270,6 +269,29 @@ fn backward_weight_chunked(
         }
     });
     grad_weight
+}
+
+/// `grad_weight[C_out, K] (+)= (lhs[K, rows] · grad_rows[rows, C_out])ᵀ`: the product is
+/// formed as `[K, C_out]` (K is the long side the micro-kernel splits into row tiles) and
+/// transposed into the OHWI layout.
+fn weight_gradient_packed(
+    lhs: Lhs<'_>,
+    k: usize,
+    grad_rows: &[f32],
+    c_out: usize,
+    accumulate: bool,
+    grad_weight: &mut [f32],
+) {
+    let rows = grad_rows.len() / c_out.max(1);
+    let packed = PackedMatrix::from_kn(grad_rows, rows, c_out);
+    let mut transposed = vec![0.0f32; k * c_out];
+    packed_matmul_strided(lhs, k, &packed, &mut transposed, &PackedEpilogue::default());
+    for (o, dst) in grad_weight.chunks_mut(k.max(1)).enumerate() {
+        for (kk, d) in dst.iter_mut().enumerate() {
+            let v = transposed[kk * c_out + o];
+            *d = if accumulate { *d + v } else { v };
+        }
+    }
 }
 
 #[cfg(test)]

@@ -55,44 +55,68 @@ impl PackedConv {
             assert_eq!(r.shape, [n, oh, ow, c_out], "residual must have the output's shape");
             r.data.as_slice()
         });
-        let packed = match &self.weights {
-            Weights::Packed(p) => p,
+        match &self.weights {
+            Weights::Packed(p) => conv2d_nhwc_packed(x, g, p, Some(&self.bias), residual, relu),
             Weights::Grouped(weight) => {
                 let e = Epilogue { scale: None, shift: Some(&self.bias), residual, relu };
-                return conv2d_nhwc(x, weight, g, &e);
+                conv2d_nhwc(x, weight, g, &e)
             }
-        };
-        let mut out = Tensor::zeros(&[n, oh, ow, c_out]);
-        let rows = n * oh * ow;
-        if rows == 0 || c_out == 0 {
-            return out;
         }
-        let epilogue_for = |first_row: usize, chunk: usize| PackedEpilogue {
-            bias: Some(&self.bias),
-            residual: residual.map(|r| &r[first_row * c_out..(first_row + chunk) * c_out]),
-            relu,
-        };
-        let pointwise = g.kernel_h == 1 && g.kernel_w == 1 && g.padding == 0 && g.stride == 1;
-        if pointwise {
-            // The NHWC input already is the [rows, C_in] matrix.
-            packed_matmul(&x.data, rows, c_in, packed, &mut out.data, &epilogue_for(0, rows));
-            return out;
-        }
-        let k = g.filter_len();
-        let chunk_rows = (MAX_PATCH_FLOATS / k.max(1)).max(1);
-        with_patch_buffer(|patches| {
-            let mut row0 = 0;
-            while row0 < rows {
-                let chunk = chunk_rows.min(rows - row0);
-                patches.resize(chunk * k, 0.0);
-                im2col_nhwc(x, g, (oh, ow), 0, row0, patches);
-                let out_chunk = &mut out.data[row0 * c_out..(row0 + chunk) * c_out];
-                packed_matmul(patches, chunk, k, packed, out_chunk, &epilogue_for(row0, chunk));
-                row0 += chunk;
-            }
-        });
-        out
     }
+}
+
+/// An ungrouped convolution of NHWC `x` with weights already packed as `[K, C_out]`
+/// (`K = KH·KW·C_in`), `relu?(conv + bias? + residual?)` applied as the GEMM stores.
+/// Panics when the shapes disagree (a caller bug).
+pub(crate) fn conv2d_nhwc_packed(
+    x: &Tensor,
+    g: &Conv2dGeometry,
+    packed: &PackedMatrix,
+    bias: Option<&[f32]>,
+    residual: Option<&[f32]>,
+    relu: bool,
+) -> Tensor {
+    assert_eq!(x.shape.len(), 4, "conv expects an NHWC tensor");
+    let (n, h, w, c_in) = (x.shape[0], x.shape[1], x.shape[2], x.shape[3]);
+    assert_eq!(c_in, g.in_channels, "input channels differ from the convolution's");
+    assert_eq!(g.groups, 1, "packed convolutions are ungrouped");
+    let (oh, ow) = g.output_hw(h, w);
+    let c_out = g.out_channels;
+    assert_eq!((packed.k(), packed.n()), (g.filter_len(), c_out), "packed weights differ from the geometry");
+    let rows = n * oh * ow;
+    if let Some(r) = residual {
+        assert_eq!(r.len(), rows * c_out, "residual must have the output's shape");
+    }
+    let mut out = Tensor::zeros(&[n, oh, ow, c_out]);
+    if rows == 0 || c_out == 0 {
+        return out;
+    }
+    let epilogue_for = |first_row: usize, chunk: usize| PackedEpilogue {
+        bias,
+        residual: residual.map(|r| &r[first_row * c_out..(first_row + chunk) * c_out]),
+        relu,
+        accumulate: false,
+    };
+    let pointwise = g.is_pointwise() && g.stride == 1;
+    if pointwise {
+        // The NHWC input already is the [rows, C_in] matrix.
+        packed_matmul(&x.data, rows, c_in, packed, &mut out.data, &epilogue_for(0, rows));
+        return out;
+    }
+    let k = g.filter_len();
+    let chunk_rows = (MAX_PATCH_FLOATS / k.max(1)).max(1);
+    with_patch_buffer(|patches| {
+        let mut row0 = 0;
+        while row0 < rows {
+            let chunk = chunk_rows.min(rows - row0);
+            patches.resize(chunk * k, 0.0);
+            im2col_nhwc(x, g, (oh, ow), 0, row0, patches);
+            let out_chunk = &mut out.data[row0 * c_out..(row0 + chunk) * c_out];
+            packed_matmul(patches, chunk, k, packed, out_chunk, &epilogue_for(row0, chunk));
+            row0 += chunk;
+        }
+    });
+    out
 }
 
 #[cfg(test)]

@@ -136,7 +136,7 @@ impl CompiledResNet {
         }
         let n = pooled.shape[0];
         let mut logits = Tensor::zeros(&[n, self.fc.n()]);
-        let e = PackedEpilogue { bias: Some(&self.fc_bias), residual: None, relu: false };
+        let e = PackedEpilogue { bias: Some(&self.fc_bias), ..PackedEpilogue::default() };
         packed_matmul(&pooled.data, n, self.fc.k(), &self.fc, &mut logits.data, &e);
         features.logits = Some(logits);
         features.pool = Some(pooled);
