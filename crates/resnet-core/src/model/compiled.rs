@@ -95,15 +95,6 @@ impl CompiledBlock {
 }
 
 impl CompiledResNet {
-    fn check_input(&self, x: &Tensor) -> Result<(), ModelError> {
-        let ok = x.shape.len() == 4 && x.shape[3] == self.config.in_channels && x.shape[1] >= 1 && x.shape[2] >= 1;
-        if ok {
-            Ok(())
-        } else {
-            Err(ModelError::BadInput { found: x.shape.clone(), channels: self.config.in_channels, min_side: 1 })
-        }
-    }
-
     /// Logits `[N, classes]` for NHWC input `[N, H, W, C]`.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor, ModelError> {
         let f = self.forward_features(x, FeatureLayer::Logits)?;
@@ -112,7 +103,7 @@ impl CompiledResNet {
 
     /// Stage outputs, pooled embedding and logits, up to `until` (as [`ResNet::forward_features`]).
     pub fn forward_features(&self, x: &Tensor, until: FeatureLayer) -> Result<Features, ModelError> {
-        self.check_input(x)?;
+        self.config.check_input(x)?;
         let mut h = self.stem.forward(x, None, true);
         if self.config.stem == Stem::ImageNet {
             h = max_pool2d_nhwc(&h, 3, 2, 1);

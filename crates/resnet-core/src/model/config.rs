@@ -88,6 +88,16 @@ pub const ARCHITECTURES: &[&str] = &[
 ];
 
 impl ResNetConfig {
+    /// An NHWC input this network can take: 4 dimensions, its channel count, non-empty sides.
+    pub fn check_input(&self, x: &crate::tensor::Tensor) -> Result<(), ModelError> {
+        let ok = x.shape.len() == 4 && x.shape[3] == self.in_channels && x.shape[1] >= 1 && x.shape[2] >= 1;
+        if ok {
+            Ok(())
+        } else {
+            Err(ModelError::BadInput { found: x.shape.clone(), channels: self.in_channels, min_side: 1 })
+        }
+    }
+
     /// torchvision's configuration for `name` with a 1000-class head; `-` and `_` are
     /// interchangeable (`resnext50-32x4d`).
     pub fn from_name(name: &str) -> Result<ResNetConfig, ModelError> {

@@ -220,12 +220,7 @@ impl ResNet {
     }
 
     pub(crate) fn check_input(&self, x: &Tensor) -> Result<(), ModelError> {
-        let ok = x.shape.len() == 4 && x.shape[3] == self.config.in_channels && x.shape[1] >= 1 && x.shape[2] >= 1;
-        if ok {
-            Ok(())
-        } else {
-            Err(ModelError::BadInput { found: x.shape.clone(), channels: self.config.in_channels, min_side: 1 })
-        }
+        self.config.check_input(x)
     }
 
     /// Eval-mode logits `[N, num_classes]` for an NHWC batch `[N, H, W, C_in]`.
