@@ -163,6 +163,33 @@ fn bench_json_has_the_documented_fields() {
     }
 }
 
+#[test]
+fn bench_bf16_reports_its_precision_and_agreement_with_fp32() {
+    let o = resnet(&[
+        "bench",
+        "--arch",
+        "resnet18",
+        "--batch",
+        "1",
+        "--input",
+        "64",
+        "--iters",
+        "1",
+        "--warmup",
+        "0",
+        "--json",
+        "--precision",
+        "bf16",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["precision"], "bf16");
+    assert!(stderr(&o).contains("top-1 agrees on"), "{}", stderr(&o));
+    let o = resnet(&["bench", "--train", "--precision", "bf16"]);
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("compiled inference plan"), "{}", stderr(&o));
+}
+
 // ---- bad input: one test per case ----
 
 fn classify_with_random_weights(image: &Path) -> Output {

@@ -5,11 +5,13 @@
 //!
 //! Prints GFLOP/s per shape for `gemm`, `matrixmultiply` and our packed-weight kernel
 //! (`kernels::packed_gemm`, weights packed once outside the timing as inference does),
-//! medians of 5 runs.
+//! medians of 5 runs; and the bf16 kernel (`kernels::packed_gemm_bf16`: activations
+//! rounded to bf16 per tile, `vdpbf16ps` where the CPU has AVX512-BF16).
 
 use std::time::Instant;
 
 use resnet_core::kernels::packed_gemm::{packed_matmul, PackedEpilogue, PackedMatrix};
+use resnet_core::kernels::packed_gemm_bf16::{packed_matmul_bf16, PackedMatrixBf16};
 use resnet_core::kernels::{matmul, MatMul};
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -37,8 +39,8 @@ fn main() {
         ("cifar 3x3 16, batch 128", 128 * 32 * 32, 16, 144),
     ];
     println!(
-        "{:<24} {:>8} {:>6} {:>6} {:>14} {:>16} {:>15}",
-        "shape", "M", "N", "K", "gemm GFLOP/s", "matrixmul GFLOP/s", "packed GFLOP/s"
+        "{:<24} {:>8} {:>6} {:>6} {:>14} {:>16} {:>15} {:>15}",
+        "shape", "M", "N", "K", "gemm GFLOP/s", "matrixmul GFLOP/s", "packed GFLOP/s", "bf16 GFLOP/s"
     );
     for (name, m, n, k) in shapes {
         let lhs: Vec<f32> = (0..m * k).map(|i| (i % 7) as f32 * 0.1).collect();
@@ -62,10 +64,15 @@ fn main() {
         let mut t_gemm = Vec::new();
         let mut t_mm = Vec::new();
         let mut t_packed = Vec::new();
+        let packed_bf16 = PackedMatrixBf16::from_rows(&rhs, n, k, None);
+        let mut t_bf16 = Vec::new();
         for _ in 0..5 {
             let t = Instant::now();
             packed_matmul(&lhs, m, k, &packed, &mut dst, &PackedEpilogue::default());
             t_packed.push(t.elapsed().as_secs_f64());
+            let t = Instant::now();
+            packed_matmul_bf16(&lhs, m, k, &packed_bf16, &mut dst, &PackedEpilogue::default());
+            t_bf16.push(t.elapsed().as_secs_f64());
             let t = Instant::now();
             matmul(&spec, &mut dst, n);
             t_gemm.push(t.elapsed().as_secs_f64());
@@ -92,14 +99,15 @@ fn main() {
             t_mm.push(t.elapsed().as_secs_f64());
         }
         println!(
-            "{:<24} {:>8} {:>6} {:>6} {:>14.1} {:>16.1} {:>15.1}",
+            "{:<24} {:>8} {:>6} {:>6} {:>14.1} {:>16.1} {:>15.1} {:>15.1}",
             name,
             m,
             n,
             k,
             flops / median(t_gemm) / 1e9,
             flops / median(t_mm) / 1e9,
-            flops / median(t_packed) / 1e9
+            flops / median(t_packed) / 1e9,
+            flops / median(t_bf16) / 1e9
         );
     }
 }

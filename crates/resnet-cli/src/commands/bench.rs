@@ -2,7 +2,9 @@
 
 use std::time::Instant;
 
+use resnet_core::kernels::packed_gemm_bf16::{best_bf16_path, Bf16Path};
 use resnet_core::model::seeded::{seed_parameters, seeded_values};
+use resnet_core::model::Precision;
 use resnet_core::{ResNet, Tensor};
 use serde::Serialize;
 
@@ -51,6 +53,37 @@ pub struct Args {
     /// by the GEMM on every call) instead of the compiled inference plan; to compare the two.
     #[arg(long)]
     uncompiled: bool,
+    /// Number format of the convolutions' multiplies in the compiled plan: fp32, or bf16
+    /// (weights and each layer's input rounded to bfloat16, sums in f32; AVX512-BF16's
+    /// vdpbf16ps where the CPU has it, a slow emulation otherwise). bf16 prints its logits'
+    /// agreement with fp32 on the benchmark input.
+    #[arg(long, value_enum, default_value_t = PrecisionArg::Fp32)]
+    precision: PrecisionArg,
+}
+
+/// `--precision` values.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PrecisionArg {
+    Fp32,
+    Bf16,
+}
+
+impl From<PrecisionArg> for Precision {
+    fn from(p: PrecisionArg) -> Precision {
+        match p {
+            PrecisionArg::Fp32 => Precision::F32,
+            PrecisionArg::Bf16 => Precision::Bf16,
+        }
+    }
+}
+
+impl PrecisionArg {
+    pub fn name(self) -> &'static str {
+        match self {
+            PrecisionArg::Fp32 => "fp32",
+            PrecisionArg::Bf16 => "bf16",
+        }
+    }
 }
 
 #[derive(Serialize)]
@@ -125,6 +158,7 @@ enum Engine {
 #[derive(Serialize)]
 struct BenchResult {
     arch: String,
+    precision: &'static str,
     batch: usize,
     input: usize,
     threads: usize,
@@ -165,19 +199,33 @@ pub fn run(args: Args, threads: usize) -> anyhow::Result<()> {
     if args.peak {
         return super::bench_layers::run_peak(args.json);
     }
+    let bf16 = args.precision == PrecisionArg::Bf16;
+    if bf16 && (args.train || args.uncompiled) {
+        anyhow::bail!("--precision bf16 applies to the compiled inference plan; drop --train / --uncompiled");
+    }
+    if bf16 && best_bf16_path() == Bf16Path::Emulated {
+        eprintln!(
+            "note: this CPU lacks AVX512-BF16 (or RESNET_PORTABLE_KERNELS=1 is set): bf16 runs emulated in f32, slower than fp32"
+        );
+    }
     if args.layers {
         let batch = args.batch[0];
-        return super::bench_layers::run_layers(&args.arch, args.input, batch, args.iters, args.train, args.json);
+        let precision = args.precision.into();
+        return super::bench_layers::run_layers(
+            &args.arch, args.input, batch, args.iters, args.train, precision, args.json,
+        );
     }
     if args.train {
         return run_train(&args, threads);
     }
     let mut model = ResNet::from_name(&args.arch, 1000)?;
     seed_parameters(&mut model, 0);
+    // Measured after the timings, so its extra copies of the network stay out of their RSS.
+    let reference = bf16.then(|| model.clone());
     let engine = if args.uncompiled {
         Engine::Direct(Box::new(model))
     } else {
-        Engine::Compiled(Box::new(model.into_compiled()))
+        Engine::Compiled(Box::new(model.into_compiled_with(args.precision.into())))
     };
     let forward = |x: &Tensor| match &engine {
         Engine::Direct(m) => m.forward(x),
@@ -199,6 +247,7 @@ pub fn run(args: Args, threads: usize) -> anyhow::Result<()> {
         let med = median(&mut times);
         let r = BenchResult {
             arch: args.arch.clone(),
+            precision: args.precision.name(),
             batch,
             input: s,
             threads,
@@ -212,10 +261,39 @@ pub fn run(args: Args, threads: usize) -> anyhow::Result<()> {
             crate::output::emit(&format!("{}\n", serde_json::to_string(&r)?))?;
         } else {
             crate::output::emit(&format!(
-                "{} batch {:>3} @{}px, {} threads: median {:8.2} ms (min {:8.2}), {:7.2} images/s, peak RSS {:.0} MB\n",
-                r.arch, batch, s, threads, med, min, r.images_per_sec_median, r.peak_rss_mb
+                "{} {} batch {:>3} @{}px, {} threads: median {:8.2} ms (min {:8.2}), {:7.2} images/s, peak RSS {:.0} MB\n",
+                r.arch, r.precision, batch, s, threads, med, min, r.images_per_sec_median, r.peak_rss_mb
             ))?;
         }
     }
+    drop(engine);
+    if let Some(model) = reference {
+        report_bf16_agreement(&model, args.input)?;
+    }
+    Ok(())
+}
+
+/// bf16 against fp32 on 4 seeded inputs, on stderr: top-1 agreement and the largest logit
+/// difference (the parity tests check the same against torchvision's own logits).
+fn report_bf16_agreement(model: &ResNet, side: usize) -> anyhow::Result<()> {
+    let batch = 4;
+    let x = Tensor::nchw_to_nhwc([batch, 3, side, side], &seeded_values(2, batch * 3 * side * side, -2.0, 2.0));
+    let f32_logits = model.compile().forward(&x)?;
+    let bf16_logits = model.clone().into_compiled_with(Precision::Bf16).forward(&x)?;
+    let classes = f32_logits.shape[1];
+    let top1 = |row: &[f32]| resnet_core::kernels::elementwise::top_k(row, 1)[0];
+    let agree = f32_logits
+        .data
+        .chunks(classes)
+        .zip(bf16_logits.data.chunks(classes))
+        .filter(|(a, b)| top1(a) == top1(b))
+        .count();
+    let max_diff = f32_logits.data.iter().zip(&bf16_logits.data).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
+    let max_logit = f32_logits.data.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+    eprintln!(
+        "bf16 vs fp32 on {batch} seeded inputs: top-1 agrees on {agree}/{batch}, max |logit diff| {max_diff:.4} \
+         ({:.2}% of max |logit| {max_logit:.3})",
+        100.0 * max_diff / max_logit.max(f32::MIN_POSITIVE)
+    );
     Ok(())
 }

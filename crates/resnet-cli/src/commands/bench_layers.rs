@@ -6,10 +6,11 @@ use std::time::{Duration, Instant};
 
 use resnet_core::kernels::conv_backward::{conv2d_nhwc_backward_input, conv2d_nhwc_backward_weight};
 use resnet_core::kernels::conv_packed::PackedConv;
-use resnet_core::kernels::peak::{best_fp32_isa, measure_peak, Peak, PeakIsa};
+use resnet_core::kernels::peak::{best_fp32_isa, has_avx512_bf16, measure_peak, Peak, PeakIsa};
 use resnet_core::kernels::{conv2d_nhwc, Conv2dGeometry, Epilogue};
 use resnet_core::model::seeded::seeded_values;
 use resnet_core::model::summary::layer_table;
+use resnet_core::model::Precision;
 use resnet_core::{ResNet, Tensor};
 use serde::Serialize;
 
@@ -117,14 +118,25 @@ struct LayerRecord {
 /// `resnet bench --layers`: every distinct conv shape of `arch` at `side`, batch `batch`:
 /// milliseconds, GFLOP/s and share of the measured fp32 peak, for the forward and (with
 /// `train`) both backwards.
-pub fn run_layers(arch: &str, side: usize, batch: usize, iters: usize, train: bool, json: bool) -> anyhow::Result<()> {
+pub fn run_layers(
+    arch: &str,
+    side: usize,
+    batch: usize,
+    iters: usize,
+    train: bool,
+    precision: Precision,
+    json: bool,
+) -> anyhow::Result<()> {
     let model = ResNet::from_name(arch, 1000)?;
-    let peak = measure_peak(best_fp32_isa(), PEAK_DURATION)
-        .ok_or_else(|| anyhow::anyhow!("no fp32 peak measurement is available on this CPU"))?;
+    // bf16 layers are measured against the bf16 peak where the CPU has one.
+    let isa = if precision == Precision::Bf16 && has_avx512_bf16() { PeakIsa::Avx512Bf16 } else { best_fp32_isa() };
+    let peak_name = if isa == PeakIsa::Avx512Bf16 { "bf16" } else { "fp32" };
+    let peak = measure_peak(isa, PEAK_DURATION)
+        .ok_or_else(|| anyhow::anyhow!("no peak measurement is available on this CPU"))?;
     let emit = |s: String| crate::output::emit(&format!("{s}\n"));
     if !json {
         emit(format!(
-            "{arch} @{side}px batch {batch}, {} threads; fp32 peak {:.1} GFLOP/s ({})",
+            "{arch} @{side}px batch {batch}, {} threads; {peak_name} peak {:.1} GFLOP/s ({})",
             peak.threads,
             peak.gflops,
             peak.isa.name()
@@ -145,11 +157,13 @@ pub fn run_layers(arch: &str, side: usize, batch: usize, iters: usize, train: bo
         let gflop = 2.0 * (batch * oh * ow * g.out_channels * g.filter_len()) as f64 / 1e9;
         // Inference runs the compiled conv (packed weights, fused epilogue); training the
         // plain one, whose weights change every step.
-        let packed = PackedConv::new(*g, &weight, &vec![1.0; g.out_channels], vec![0.0; g.out_channels]);
+        let ones = vec![1.0; g.out_channels];
+        let packed = PackedConv::with_precision(*g, &weight, &ones, vec![0.0; g.out_channels], precision);
         let mut passes: Vec<(&'static str, f64)> = if train {
             vec![("forward", median_ms(iters, || drop(conv2d_nhwc(&input, &weight, g, &Epilogue::default()))))]
         } else {
-            vec![("forward (compiled)", median_ms(iters, || drop(packed.forward(&input, None, true))))]
+            let pass = if precision == Precision::Bf16 { "forward (bf16)" } else { "forward (compiled)" };
+            vec![(pass, median_ms(iters, || drop(packed.forward(&input, None, true))))]
         };
         if train {
             passes.push((

@@ -9,7 +9,7 @@
 
 use rayon::prelude::*;
 
-use super::conv_packed::conv2d_nhwc_packed;
+use super::conv_packed::{conv2d_nhwc_packed, PackedRhs};
 use super::matmul::{matmul, MatMul};
 use super::packed_gemm::PackedMatrix;
 use crate::tensor::Tensor;
@@ -95,7 +95,14 @@ pub fn conv2d_nhwc(input: &Tensor, weight: &[f32], geom: &Conv2dGeometry, epilog
         // Pack the weights once per call (BN's scale folded in when given), and let the
         // micro-kernel apply shift, residual and ReLU as it stores: one pass over the output.
         let packed = PackedMatrix::from_rows(weight, c_out, geom.filter_len(), epilogue.scale);
-        return conv2d_nhwc_packed(input, geom, &packed, epilogue.shift, epilogue.residual, epilogue.relu);
+        return conv2d_nhwc_packed(
+            input,
+            geom,
+            PackedRhs::F32(&packed),
+            epilogue.shift,
+            epilogue.residual,
+            epilogue.relu,
+        );
     }
     // Grouped (ResNeXt): one GEMM per group, in row chunks so patches stay bounded.
     let chunk_rows = (MAX_PATCH_FLOATS / (geom.groups * geom.filter_len()).max(1)).max(1);

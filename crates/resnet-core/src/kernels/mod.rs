@@ -14,6 +14,7 @@ pub mod loss;
 pub mod matmul;
 pub mod memory;
 pub mod packed_gemm;
+pub mod packed_gemm_bf16;
 pub mod peak;
 pub mod pool;
 pub mod pool_backward;

@@ -83,7 +83,7 @@ impl PackedMatrix {
         self.n
     }
 
-    fn panel(&self, p: usize) -> &[f32] {
+    pub(super) fn panel(&self, p: usize) -> &[f32] {
         &self.panels[p * self.k * NR..(p + 1) * self.k * NR]
     }
 }
@@ -116,7 +116,7 @@ impl<'a> Lhs<'a> {
     }
 
     /// The rows from `row0` on.
-    fn starting_at_row(&self, row0: usize) -> Lhs<'a> {
+    pub(super) fn starting_at_row(&self, row0: usize) -> Lhs<'a> {
         Lhs { data: &self.data[(row0 * self.row_stride).min(self.data.len())..], ..*self }
     }
 }
@@ -142,7 +142,7 @@ pub fn best_path() -> GemmPath {
     })
 }
 
-fn avx512_available() -> bool {
+pub(super) fn avx512_available() -> bool {
     #[cfg(target_arch = "x86_64")]
     {
         std::arch::is_x86_feature_detected!("avx512f")
@@ -191,27 +191,37 @@ pub fn packed_matmul_on(
     if m == 0 || n == 0 {
         return;
     }
-    let threads = super::current_threads();
-    // Row tiles: at least two per thread when M allows, multiples of MR, at most MAX_TILE_ROWS.
-    let tile_rows = m.div_ceil(2 * threads).next_multiple_of(MR).clamp(MR, MAX_TILE_ROWS);
     let use_avx512 = path == GemmPath::Avx512 && avx512_available();
-    out.par_chunks_mut(tile_rows * n).enumerate().for_each(|(t, out_tile)| {
-        let row0 = t * tile_rows;
-        let rows = out_tile.len() / n;
+    for_each_row_tile(m, n, out, e, |row0, rows, out_tile, tile_epilogue| {
         let a_tile = a.starting_at_row(row0);
-        let residual = e.residual.map(|r| &r[row0 * n..(row0 + rows) * n]);
-        let tile_epilogue = PackedEpilogue { residual, ..*e };
         if use_avx512 {
             #[cfg(target_arch = "x86_64")]
-            avx512::tile(a_tile, rows, b, out_tile, &tile_epilogue);
+            avx512::tile(a_tile, rows, b, out_tile, tile_epilogue);
         } else {
-            portable_tile(a_tile, rows, b, out_tile, &tile_epilogue);
+            portable_tile(a_tile, rows, b, out_tile, tile_epilogue);
         }
     });
 }
 
+/// Splits `out[M, N]` into tiles of whole rows (multiples of [`MR`], at least two per thread
+/// when `M` allows, at most `MAX_TILE_ROWS`) and runs `f(first_row, rows, out_tile,
+/// epilogue)` on each in parallel; the epilogue's residual is cut to the tile's rows.
+pub(super) fn for_each_row_tile<F>(m: usize, n: usize, out: &mut [f32], e: &PackedEpilogue<'_>, f: F)
+where
+    F: Fn(usize, usize, &mut [f32], &PackedEpilogue<'_>) + Sync,
+{
+    let threads = super::current_threads();
+    let tile_rows = m.div_ceil(2 * threads).next_multiple_of(MR).clamp(MR, MAX_TILE_ROWS);
+    out.par_chunks_mut(tile_rows * n).enumerate().for_each(|(t, out_tile)| {
+        let row0 = t * tile_rows;
+        let rows = out_tile.len() / n;
+        let residual = e.residual.map(|r| &r[row0 * n..(row0 + rows) * n]);
+        f(row0, rows, out_tile, &PackedEpilogue { residual, ..*e });
+    });
+}
+
 /// The portable path for one tile of rows: the `gemm` crate per panel, then the epilogue.
-fn portable_tile(a: Lhs<'_>, rows: usize, b: &PackedMatrix, out: &mut [f32], e: &PackedEpilogue<'_>) {
+pub(super) fn portable_tile(a: Lhs<'_>, rows: usize, b: &PackedMatrix, out: &mut [f32], e: &PackedEpilogue<'_>) {
     let n = b.n;
     for p in 0..n.div_ceil(NR) {
         let cols = NR.min(n - p * NR);
@@ -249,7 +259,7 @@ fn apply_epilogue_rows(out: &mut [f32], n: usize, e: &PackedEpilogue<'_>) {
 }
 
 #[cfg(target_arch = "x86_64")]
-mod avx512 {
+pub(super) mod avx512 {
     use std::arch::x86_64::*;
 
     use super::{Lhs, PackedEpilogue, PackedMatrix, KC, MR, NR};
@@ -257,15 +267,12 @@ mod avx512 {
     /// One tile of rows on AVX-512: for each block of `K` and each panel, every `MR` rows
     /// run through the micro-kernel (a shorter kernel takes the last rows; a panel of at
     /// most 16 columns uses the one-register kernel, so no work is wasted on padding).
-    pub(super) fn tile(a: Lhs<'_>, rows: usize, b: &PackedMatrix, out: &mut [f32], e: &PackedEpilogue<'_>) {
+    pub(in super::super) fn tile(a: Lhs<'_>, rows: usize, b: &PackedMatrix, out: &mut [f32], e: &PackedEpilogue<'_>) {
         let (k, n) = (b.k, b.n);
         let mut k0 = 0;
         loop {
             let kc = KC.min(k - k0);
-            let first = k0 == 0 && !e.accumulate;
-            let last = k0 + kc == k;
             for p in 0..n.div_ceil(NR) {
-                let cols = NR.min(n - p * NR);
                 let panel = &b.panel(p)[k0 * NR..(k0 + kc) * NR];
                 let mut r0 = 0;
                 while r0 < rows {
@@ -276,15 +283,7 @@ mod avx512 {
                         col_stride: a.col_stride,
                         kc,
                         panel,
-                        out: &mut out[r0 * n + p * NR..],
-                        ldc: n,
-                        cols,
-                        first,
-                        epilogue: last.then_some(Epilogue {
-                            bias: e.bias.map(|b| &b[p * NR..p * NR + cols]),
-                            residual: e.residual.map(|r| &r[r0 * n + p * NR..]),
-                            relu: e.relu,
-                        }),
+                        dest: Destination::new(out, n, r0, p, k0 == 0 && !e.accumulate, k0 + kc == k, e),
                     };
                     block.check(mr);
                     // SAFETY: `tile` is only called after `is_x86_feature_detected!("avx512f")`
@@ -301,42 +300,80 @@ mod avx512 {
         }
     }
 
-    struct Epilogue<'a> {
+    /// What is applied to a micro-tile's sums as they are stored.
+    pub(in super::super) struct Epilogue<'a> {
         bias: Option<&'a [f32]>,
         residual: Option<&'a [f32]>,
         relu: bool,
     }
 
-    /// One micro-tile's operands: `mr` rows of `a` over `kc` values, a `kc × NR` block of a
-    /// panel, and the `mr × cols` block of `out` (stride `ldc`).
-    struct Block<'a> {
-        a: &'a [f32],
-        row_stride: usize,
-        col_stride: usize,
-        kc: usize,
-        panel: &'a [f32],
+    /// Where one micro-tile's sums go: the `mr × cols` block of `out` (row stride `ldc`).
+    pub(in super::super) struct Destination<'a> {
         out: &'a mut [f32],
         ldc: usize,
-        cols: usize,
+        pub(in super::super) cols: usize,
         /// Start from zero instead of the partial sums already in `out`.
         first: bool,
         /// Present on the last `K` block: applied as the sums are stored.
         epilogue: Option<Epilogue<'a>>,
     }
 
-    impl Block<'_> {
-        /// Every index the kernel touches for `mr` rows is in bounds (panics otherwise).
-        fn check(&self, mr: usize) {
-            assert!((1..=MR).contains(&mr) && (1..=NR).contains(&self.cols));
-            if self.kc > 0 {
-                assert!(self.a.len() > (mr - 1) * self.row_stride + (self.kc - 1) * self.col_stride);
+    impl<'a> Destination<'a> {
+        /// The micro-tile at row `r0` of panel `p` in a tile `out` of `n` columns.
+        pub(in super::super) fn new(
+            out: &'a mut [f32],
+            n: usize,
+            r0: usize,
+            p: usize,
+            first: bool,
+            last: bool,
+            e: &PackedEpilogue<'a>,
+        ) -> Destination<'a> {
+            let cols = NR.min(n - p * NR);
+            Destination {
+                out: &mut out[r0 * n + p * NR..],
+                ldc: n,
+                cols,
+                first,
+                epilogue: last.then_some(Epilogue {
+                    bias: e.bias.map(|b| &b[p * NR..p * NR + cols]),
+                    residual: e.residual.map(|r| &r[r0 * n + p * NR..]),
+                    relu: e.relu,
+                }),
             }
-            assert!(self.panel.len() >= self.kc * NR);
+        }
+
+        /// Every index [`initial_sums`] and [`store_sums`] touch for `mr` rows is in
+        /// bounds (panics otherwise).
+        pub(in super::super) fn check(&self, mr: usize) {
+            assert!((1..=MR).contains(&mr) && (1..=NR).contains(&self.cols));
             assert!(self.out.len() >= (mr - 1) * self.ldc + self.cols);
             if let Some(e) = &self.epilogue {
                 assert!(e.bias.is_none_or(|b| b.len() >= self.cols));
                 assert!(e.residual.is_none_or(|r| r.len() >= (mr - 1) * self.ldc + self.cols));
             }
+        }
+    }
+
+    /// One micro-tile's operands: `mr` rows of `a` over `kc` values and a `kc × NR` block of
+    /// a panel.
+    struct Block<'a> {
+        a: &'a [f32],
+        row_stride: usize,
+        col_stride: usize,
+        kc: usize,
+        panel: &'a [f32],
+        dest: Destination<'a>,
+    }
+
+    impl Block<'_> {
+        /// Every index the kernel touches for `mr` rows is in bounds (panics otherwise).
+        fn check(&self, mr: usize) {
+            self.dest.check(mr);
+            if self.kc > 0 {
+                assert!(self.a.len() > (mr - 1) * self.row_stride + (self.kc - 1) * self.col_stride);
+            }
+            assert!(self.panel.len() >= self.kc * NR);
         }
     }
 
@@ -366,7 +403,7 @@ mod avx512 {
         // SAFETY (each arm): forwarded from this function's contract; `REGS = 1` only when
         // the panel has at most 16 columns, which is all that kernel reads and writes.
         unsafe {
-            if block.cols > 16 {
+            if block.dest.cols > 16 {
                 by_rows!(2)
             } else {
                 by_rows!(1)
@@ -386,31 +423,90 @@ mod avx512 {
         [mask(cols), mask(cols.saturating_sub(16))]
     }
 
+    /// The sums a micro-tile starts from: zero, or the partial sums already in `out`.
+    ///
+    /// # Safety
+    /// The CPU supports AVX-512F, `d.check(ROWS)` passed, and `REGS` is 1 or 2 with
+    /// `REGS = 1` only when `d.cols ≤ 16`.
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    pub(in super::super) unsafe fn initial_sums<const ROWS: usize, const REGS: usize>(
+        d: &Destination<'_>,
+    ) -> [[__m512; REGS]; ROWS] {
+        let mut acc = [[_mm512_setzero_ps(); REGS]; ROWS];
+        if !d.first {
+            let masks = column_masks(d.cols);
+            let out = d.out.as_ptr();
+            for (r, acc_r) in acc.iter_mut().enumerate() {
+                for (j, v) in acc_r.iter_mut().enumerate() {
+                    // SAFETY: row r < ROWS of `out`, masked to the `cols` valid columns,
+                    // which `check(ROWS)` bounds.
+                    *v = unsafe { _mm512_maskz_loadu_ps(masks[j], out.add(r * d.ldc + 16 * j)) };
+                }
+            }
+        }
+        acc
+    }
+
+    /// Applies the epilogue (on the last `K` block) and stores the sums.
+    ///
+    /// # Safety
+    /// As [`initial_sums`].
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    pub(in super::super) unsafe fn store_sums<const ROWS: usize, const REGS: usize>(
+        mut acc: [[__m512; REGS]; ROWS],
+        d: &mut Destination<'_>,
+    ) {
+        let masks = column_masks(d.cols);
+        let out = d.out.as_mut_ptr();
+        // SAFETY: `check(ROWS)` bounds rows r < ROWS of `out`, the residual and the bias,
+        // each accessed with masks to the `cols` valid columns (masked-off lanes are never
+        // touched).
+        unsafe {
+            if let Some(e) = &d.epilogue {
+                let mut bias = [_mm512_setzero_ps(); REGS];
+                if let Some(values) = e.bias {
+                    for (j, v) in bias.iter_mut().enumerate() {
+                        *v = _mm512_maskz_loadu_ps(masks[j], values.as_ptr().add(16 * j));
+                    }
+                }
+                for (r, acc_r) in acc.iter_mut().enumerate() {
+                    for (j, v) in acc_r.iter_mut().enumerate() {
+                        *v = _mm512_add_ps(*v, bias[j]);
+                        if let Some(res) = e.residual {
+                            let row = res.as_ptr().add(r * d.ldc + 16 * j);
+                            *v = _mm512_add_ps(*v, _mm512_maskz_loadu_ps(masks[j], row));
+                        }
+                        if e.relu {
+                            *v = _mm512_max_ps(*v, _mm512_setzero_ps());
+                        }
+                    }
+                }
+            }
+            for (r, acc_r) in acc.iter().enumerate() {
+                for (j, v) in acc_r.iter().enumerate() {
+                    _mm512_mask_storeu_ps(out.add(r * d.ldc + 16 * j), masks[j], *v);
+                }
+            }
+        }
+    }
+
     /// The micro-kernel: `ROWS × 16·REGS` sums in `ROWS·REGS` registers across the `K` block.
     ///
     /// # Safety
     /// The CPU supports AVX-512F, `block.check(ROWS)` passed, and `REGS` is 1 or 2 with
-    /// `REGS = 1` only when `block.cols ≤ 16`.
+    /// `REGS = 1` only when `block.dest.cols ≤ 16`.
     #[target_feature(enable = "avx512f")]
     unsafe fn kernel<const ROWS: usize, const REGS: usize>(block: &mut Block<'_>) {
-        let masks = column_masks(block.cols);
-        let out = block.out.as_mut_ptr();
         let a = block.a.as_ptr();
         let b = block.panel.as_ptr();
         let (rs, cs) = (block.row_stride, block.col_stride);
-        let mut acc = [[_mm512_setzero_ps(); REGS]; ROWS];
         // SAFETY: `check(ROWS)` bounds every offset below: element (r, kk) of `a` at
         // r·rs + kk·cs for r < ROWS, kk < kc; panel rows kk < kc of NR values (REGS·16 ≤ NR);
-        // output and residual rows r < ROWS with masked access to the `cols` valid columns
-        // (masked-off lanes are never touched).
+        // the destination as `initial_sums` and `store_sums` require.
         unsafe {
-            if !block.first {
-                for (r, acc_r) in acc.iter_mut().enumerate() {
-                    for (j, v) in acc_r.iter_mut().enumerate() {
-                        *v = _mm512_maskz_loadu_ps(masks[j], out.add(r * block.ldc + 16 * j));
-                    }
-                }
-            }
+            let mut acc = initial_sums::<ROWS, REGS>(&block.dest);
             for kk in 0..block.kc {
                 let mut bv = [_mm512_setzero_ps(); REGS];
                 for (j, v) in bv.iter_mut().enumerate() {
@@ -424,31 +520,7 @@ mod avx512 {
                     }
                 }
             }
-            if let Some(e) = &block.epilogue {
-                let mut bias = [_mm512_setzero_ps(); REGS];
-                if let Some(values) = e.bias {
-                    for (j, v) in bias.iter_mut().enumerate() {
-                        *v = _mm512_maskz_loadu_ps(masks[j], values.as_ptr().add(16 * j));
-                    }
-                }
-                for (r, acc_r) in acc.iter_mut().enumerate() {
-                    for (j, v) in acc_r.iter_mut().enumerate() {
-                        *v = _mm512_add_ps(*v, bias[j]);
-                        if let Some(res) = e.residual {
-                            let row = res.as_ptr().add(r * block.ldc + 16 * j);
-                            *v = _mm512_add_ps(*v, _mm512_maskz_loadu_ps(masks[j], row));
-                        }
-                        if e.relu {
-                            *v = _mm512_max_ps(*v, _mm512_setzero_ps());
-                        }
-                    }
-                }
-            }
-            for (r, acc_r) in acc.iter().enumerate() {
-                for (j, v) in acc_r.iter().enumerate() {
-                    _mm512_mask_storeu_ps(out.add(r * block.ldc + 16 * j), masks[j], *v);
-                }
-            }
+            store_sums::<ROWS, REGS>(acc, &mut block.dest);
         }
     }
 }

@@ -4,13 +4,17 @@
 //! The flow is [`ResNet::forward_features`]'s, block by block; the results agree with it
 //! to float rounding (summation order differs), which the tests below check.
 //!
+//! [`Precision::Bf16`] packs the convolutions' weights in bf16 for the AVX512-BF16 kernel;
+//! the head (the fully connected layer) stays f32, since it is a sliver of the work and
+//! holds the logits' last rounding.
+//!
 //! Compiling consumes the network ([`ResNet::into_compiled`]) and packs one layer at a time,
 //! dropping each layer's original weights as it goes, so memory does not hold two copies.
 
 use super::config::{ModelError, ResNetConfig, Stem};
 use super::layers::ConvBn;
 use super::resnet::{Block, FeatureLayer, Features, ResNet, ShortcutPath};
-use crate::kernels::conv_packed::PackedConv;
+use crate::kernels::conv_packed::{PackedConv, Precision};
 use crate::kernels::packed_gemm::{packed_matmul, PackedEpilogue, PackedMatrix};
 use crate::kernels::shortcut::subsample_zero_pad_nhwc;
 use crate::kernels::{global_avg_pool_nhwc, max_pool2d_nhwc};
@@ -31,6 +35,7 @@ struct CompiledBlock {
 /// An inference-only ResNet; see the module documentation.
 pub struct CompiledResNet {
     pub config: ResNetConfig,
+    precision: Precision,
     stem: PackedConv,
     stages: Vec<Vec<CompiledBlock>>,
     fc: PackedMatrix,
@@ -38,33 +43,38 @@ pub struct CompiledResNet {
 }
 
 /// Packs one conv + BN, releasing the original weights.
-fn compile_unit(mut unit: ConvBn) -> PackedConv {
+fn compile_unit(mut unit: ConvBn, precision: Precision) -> PackedConv {
     let (scale, shift) = unit.bn.eval_scale_shift();
     let weight = std::mem::take(&mut unit.conv.weight.data);
-    PackedConv::new(unit.conv.geometry, &weight, &scale, shift)
+    PackedConv::with_precision(unit.conv.geometry, &weight, &scale, shift, precision)
 }
 
-fn compile_block(block: Block) -> CompiledBlock {
+fn compile_block(block: Block, precision: Precision) -> CompiledBlock {
     let shortcut = match block.shortcut {
         ShortcutPath::Identity => CompiledShortcut::Identity,
-        ShortcutPath::Projection(d) => CompiledShortcut::Projection(compile_unit(*d)),
+        ShortcutPath::Projection(d) => CompiledShortcut::Projection(compile_unit(*d, precision)),
         ShortcutPath::ZeroPad { stride, before, after } => CompiledShortcut::ZeroPad { stride, before, after },
         ShortcutPath::None => CompiledShortcut::None,
     };
-    CompiledBlock { convs: block.convs.into_iter().map(compile_unit).collect(), shortcut }
+    CompiledBlock { convs: block.convs.into_iter().map(|c| compile_unit(c, precision)).collect(), shortcut }
 }
 
 impl ResNet {
-    /// Compiles this network for inference, consuming it (see [`CompiledResNet`]).
+    /// Compiles this network for f32 inference, consuming it (see [`CompiledResNet`]).
     pub fn into_compiled(self) -> CompiledResNet {
-        let ResNet { config, stem, stages, fc } = self;
-        let stem = compile_unit(stem);
-        let stages = stages.into_iter().map(|s| s.into_iter().map(compile_block).collect()).collect();
-        let packed_fc = PackedMatrix::from_rows(&fc.weight.data, fc.out_features, fc.in_features, None);
-        CompiledResNet { config, stem, stages, fc: packed_fc, fc_bias: fc.bias.data }
+        self.into_compiled_with(Precision::F32)
     }
 
-    /// Compiles a copy, keeping this network (for training or comparison).
+    /// Compiles this network for inference in `precision`, consuming it.
+    pub fn into_compiled_with(self, precision: Precision) -> CompiledResNet {
+        let ResNet { config, stem, stages, fc } = self;
+        let stem = compile_unit(stem, precision);
+        let stages = stages.into_iter().map(|s| s.into_iter().map(|b| compile_block(b, precision)).collect()).collect();
+        let packed_fc = PackedMatrix::from_rows(&fc.weight.data, fc.out_features, fc.in_features, None);
+        CompiledResNet { config, precision, stem, stages, fc: packed_fc, fc_bias: fc.bias.data }
+    }
+
+    /// Compiles a copy in f32, keeping this network (for training or comparison).
     pub fn compile(&self) -> CompiledResNet {
         self.clone().into_compiled()
     }
@@ -95,6 +105,11 @@ impl CompiledBlock {
 }
 
 impl CompiledResNet {
+    /// The number format the convolutions multiply in.
+    pub fn precision(&self) -> Precision {
+        self.precision
+    }
+
     /// Logits `[N, classes]` for NHWC input `[N, H, W, C]`.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor, ModelError> {
         let f = self.forward_features(x, FeatureLayer::Logits)?;
