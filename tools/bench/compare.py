@@ -1,10 +1,12 @@
 """Side-by-side benchmark: `resnet bench` vs PyTorch (NCHW and channels_last) and ONNX Runtime,
+and in bf16 `resnet bench --precision bf16` vs PyTorch autocast bf16 (channels_last),
 for inference, and `resnet bench --train` vs PyTorch (NCHW and channels_last) for training.
 Same architecture, batch sizes, input, threads, warm-up and timed iterations everywhere; each
 implementation runs in its own process, interleaved A B C D A B C D ... across rounds so
 machine noise hits all alike; reports the median over rounds, peak RSS and "ours vs this"
 (our images/s divided by theirs: > 1 means we are faster; for inference this is also their
-latency / our latency). One markdown table per section on stdout, progress on stderr.
+latency / our latency; bf16 rows are compared with ours in bf16). One markdown table per
+section on stdout, progress on stderr.
 
     tools/bench/compare.sh --setup        # once: venv (torch, onnxruntime), binary if missing
     tools/bench/compare.sh --threads 2 --rounds 3
@@ -25,6 +27,7 @@ import sys
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 BENCH = os.path.join(ROOT, "tools", "bench")
 OURS = "resnet (ours)"
+OURS_BF16 = "resnet (ours) bf16"
 
 
 def run_json(cmd):
@@ -88,6 +91,8 @@ def main():
                     help="training cases as arch:batch:input, comma-separated")
     ap.add_argument("--skip-infer", action="store_true")
     ap.add_argument("--skip-train", action="store_true")
+    ap.add_argument("--no-bf16", action="store_true", help="leave out the bf16 rows (ours --precision bf16, "
+                    "PyTorch autocast bf16 channels_last); their ratio column compares with ours bf16")
     ap.add_argument("--no-onnxruntime", action="store_true", help="leave ONNX Runtime out of the inference section")
     ap.add_argument("--bin", default=os.path.join(ROOT, "target", "release", "resnet"), help="our binary")
     ap.add_argument("--raw", help="also write every JSON row to this file (JSON lines)")
@@ -104,6 +109,9 @@ def main():
         infer = {OURS: [a.bin, "bench"] + common,
                  "pytorch": py("pytorch_bench.py") + common,
                  "pytorch-channels_last": py("pytorch_bench.py") + common + ["--channels-last"]}
+        if not a.no_bf16:
+            infer[OURS_BF16] = [a.bin, "bench"] + common + ["--precision", "bf16"]
+            infer["pytorch-bf16-channels_last"] = py("pytorch_bench.py") + common + ["--channels-last", "--bf16"]
         ort_cmd = py("onnxruntime_bench.py") + common
         if a.no_onnxruntime:
             notes.append("onnxruntime: left out (--no-onnxruntime)")
@@ -167,8 +175,8 @@ def main():
         print("|---|---|---|---|---|---|---|")
         batches = sorted({b for rows in infer_rows.values() for b in rows})
         for batch in batches:
-            ours = infer_rows[OURS].get(batch)
             for name in infer:
+                ours = infer_rows[OURS_BF16 if "bf16" in name else OURS].get(batch)
                 rows = infer_rows[name].get(batch)
                 if not rows:
                     print(f"| {name} | {batch} | failed | | | | |")

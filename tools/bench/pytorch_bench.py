@@ -2,7 +2,10 @@
 count, warm-up and median, so the two can be compared on one machine.
 
     tools/reference/setup.sh   # once: torch + torchvision in tools/reference/.venv
-    tools/reference/.venv/bin/python tools/bench/pytorch_bench.py --arch resnet50 --batch 1,16 --threads 2 [--channels-last] [--json]
+    tools/reference/.venv/bin/python tools/bench/pytorch_bench.py --arch resnet50 --batch 1,16 --threads 2 [--channels-last] [--bf16] [--json]
+
+--bf16 runs under torch.autocast("cpu", dtype=torch.bfloat16) (oneDNN's AVX512-BF16 kernels
+where the CPU has them), PyTorch's own mixed-precision inference.
 """
 import argparse
 import json
@@ -23,6 +26,7 @@ def main():
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--iters", type=int, default=10)
     ap.add_argument("--channels-last", action="store_true")
+    ap.add_argument("--bf16", action="store_true", help="autocast to bfloat16")
     ap.add_argument("--json", action="store_true")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
@@ -32,7 +36,8 @@ def main():
     for b in [int(v) for v in a.batch.split(",")]:
         x = torch.randn(b, 3, a.input, a.input).to(memory_format=fmt)
         times = []
-        with torch.inference_mode():
+        autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=a.bf16)
+        with torch.inference_mode(), autocast:
             for _ in range(a.warmup):
                 model(x)
             for _ in range(a.iters):
@@ -40,7 +45,7 @@ def main():
                 model(x)
                 times.append((time.perf_counter() - t) * 1e3)
         med = statistics.median(times)
-        r = {"impl": "pytorch" + ("-channels_last" if a.channels_last else ""), "torch": torch.__version__,
+        r = {"impl": "pytorch" + ("-bf16" if a.bf16 else "") + ("-channels_last" if a.channels_last else ""), "torch": torch.__version__,
              "arch": a.arch, "batch": b, "input": a.input, "threads": a.threads, "iters": a.iters,
              "latency_ms_median": med, "latency_ms_min": min(times), "images_per_sec_median": b * 1e3 / med,
              "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}

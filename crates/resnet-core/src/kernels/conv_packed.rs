@@ -3,6 +3,7 @@
 //! residual and ReLU are applied as the GEMM stores its results. Weights are packed in f32
 //! or, for [`Precision::Bf16`], in bf16 for the AVX512-BF16 kernel ([`super::packed_gemm_bf16`]).
 
+use super::buffers::take_buffer;
 use super::conv::{conv2d_nhwc, im2col_nhwc, with_patch_buffer, Conv2dGeometry, Epilogue, MAX_PATCH_FLOATS};
 use super::packed_gemm::{packed_matmul, PackedEpilogue, PackedMatrix};
 use super::packed_gemm_bf16::{packed_matmul_bf16, PackedMatrixBf16};
@@ -150,10 +151,12 @@ pub(crate) fn conv2d_nhwc_packed(
     if let Some(r) = residual {
         assert_eq!(r.len(), rows * c_out, "residual must have the output's shape");
     }
-    let mut out = Tensor::zeros(&[n, oh, ow, c_out]);
     if rows == 0 || c_out == 0 {
-        return out;
+        return Tensor::zeros(&[n, oh, ow, c_out]);
     }
+    // Every value is written by the GEMM (no accumulation), so a reused buffer needs no clearing.
+    let shape = [n, oh, ow, c_out];
+    let mut out = Tensor::from_vec(&shape, take_buffer(rows * c_out)).unwrap_or_else(|| Tensor::zeros(&shape));
     let epilogue_for = |first_row: usize, chunk: usize| PackedEpilogue {
         bias,
         residual: residual.map(|r| &r[first_row * c_out..(first_row + chunk) * c_out]),

@@ -3,6 +3,7 @@
 
 pub mod activation;
 pub mod batchnorm;
+pub mod buffers;
 pub mod conv;
 pub mod conv_backward;
 pub mod conv_packed;

@@ -199,9 +199,12 @@ pub fn packed_matmul_bf16(
             let pairs = b.pairs();
             for_each_row_tile(m, n, out, e, |row0, rows, out_tile, tile_e| {
                 TILE_SCRATCH.with_borrow_mut(|(converted, _)| {
-                    converted.clear();
-                    converted.resize(rows * pairs, 0);
-                    for (r, dst) in converted.chunks_mut(pairs).enumerate() {
+                    // convert_row writes every lane, so growing is the only clearing needed.
+                    if converted.len() < rows * pairs {
+                        converted.resize(rows * pairs, 0);
+                    }
+                    let converted = &mut converted[..rows * pairs];
+                    for (r, dst) in converted.chunks_mut(pairs.max(1)).enumerate() {
                         let src = &a[(row0 + r) * lda..(row0 + r) * lda + k];
                         #[cfg(target_arch = "x86_64")]
                         // SAFETY: AVX512-BF16 was detected just above.

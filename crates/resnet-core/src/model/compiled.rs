@@ -14,6 +14,7 @@
 use super::config::{ModelError, ResNetConfig, Stem};
 use super::layers::ConvBn;
 use super::resnet::{Block, FeatureLayer, Features, ResNet, ShortcutPath};
+use crate::kernels::buffers::recycle;
 use crate::kernels::conv_packed::{PackedConv, Precision};
 use crate::kernels::packed_gemm::{packed_matmul, PackedEpilogue, PackedMatrix};
 use crate::kernels::shortcut::subsample_zero_pad_nhwc;
@@ -102,7 +103,14 @@ impl CompiledBlock {
         for (i, conv) in self.convs.iter().enumerate() {
             let input = h.as_ref().unwrap_or(x);
             let residual = if i == last { shortcut } else { None };
-            h = Some(conv.forward(input, residual, true));
+            let out = conv.forward(input, residual, true);
+            // The previous activation has been read: its buffer serves a later output.
+            if let Some(done) = h.replace(out) {
+                recycle(done);
+            }
+        }
+        if let Some(s) = shortcut_owned {
+            recycle(s);
         }
         h.unwrap_or_else(|| x.clone())
     }
@@ -197,7 +205,8 @@ impl CompiledResNet {
                 let mut h = stem(&one);
                 for (s, stage) in self.stages[..last_front].iter().enumerate() {
                     for block in stage {
-                        h = block.forward(&h);
+                        let next = block.forward(&h);
+                        recycle(std::mem::replace(&mut h, next));
                     }
                     if keep_layers || s + 1 == last_front {
                         gathered[s].reserve_exact(h.data.len() * n);
@@ -229,7 +238,8 @@ impl CompiledResNet {
         let done = features.layers.len().max(front);
         for (s, stage) in self.stages.iter().enumerate().skip(done) {
             for block in stage {
-                h = block.forward(&h);
+                let next = block.forward(&h);
+                recycle(std::mem::replace(&mut h, next));
             }
             if keep_layers {
                 features.layers.push(h.clone());
