@@ -4,7 +4,7 @@ use std::time::Instant;
 
 use resnet_core::kernels::packed_gemm_bf16::{best_bf16_path, Bf16Path};
 use resnet_core::model::seeded::{seed_parameters, seeded_values};
-use resnet_core::model::Precision;
+use resnet_core::model::{CompileOptions, Precision};
 use resnet_core::{ResNet, Tensor};
 use serde::Serialize;
 
@@ -59,6 +59,11 @@ pub struct Args {
     /// agreement with fp32 on the benchmark input.
     #[arg(long, value_enum, default_value_t = PrecisionArg::Fp32)]
     precision: PrecisionArg,
+    /// Compute the fp32 3x3 stride-1 convolutions directly instead of by Winograd F(4x4,3x3)
+    /// (Winograd: about 2x faster on those layers, rounding errors ~2e-6 of a layer's
+    /// largest output instead of ~1e-7).
+    #[arg(long)]
+    no_winograd: bool,
 }
 
 /// `--precision` values.
@@ -223,7 +228,8 @@ pub fn run(args: Args, threads: usize) -> anyhow::Result<()> {
     let engine = if args.uncompiled {
         Engine::Direct(Box::new(model))
     } else {
-        Engine::Compiled(Box::new(model.into_compiled_with(args.precision.into())))
+        let options = CompileOptions { precision: args.precision.into(), winograd: !args.no_winograd };
+        Engine::Compiled(Box::new(model.into_compiled_with(options)))
     };
     let forward = |x: &Tensor| match &engine {
         Engine::Direct(m) => m.forward(x),
@@ -280,7 +286,8 @@ pub fn run(args: Args, threads: usize) -> anyhow::Result<()> {
 fn report_bf16_agreement(model: &ResNet, side: usize) -> anyhow::Result<()> {
     let batch = 4;
     let x = Tensor::nchw_to_nhwc([batch, 3, side, side], &seeded_values(2, batch * 3 * side * side, -2.0, 2.0));
-    let f32_logits = model.compile().forward(&x)?;
+    let f32_logits =
+        model.clone().into_compiled_with(CompileOptions { precision: Precision::F32, winograd: false }).forward(&x)?;
     let bf16_logits = model.clone().into_compiled_with(Precision::Bf16).forward(&x)?;
     let classes = f32_logits.shape[1];
     let top1 = |row: &[f32]| resnet_core::kernels::elementwise::top_k(row, 1)[0];

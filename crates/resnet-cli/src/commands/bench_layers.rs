@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 use resnet_core::kernels::conv_backward::{conv2d_nhwc_backward_input, conv2d_nhwc_backward_weight};
 use resnet_core::kernels::conv_packed::PackedConv;
 use resnet_core::kernels::peak::{best_fp32_isa, has_avx512_bf16, measure_peak, Peak, PeakIsa};
+use resnet_core::kernels::winograd::{self, WinogradConv};
 use resnet_core::kernels::{conv2d_nhwc, Conv2dGeometry, Epilogue};
 use resnet_core::model::seeded::seeded_values;
 use resnet_core::model::summary::layer_table;
@@ -163,7 +164,13 @@ pub fn run_layers(
             vec![("forward", median_ms(iters, || drop(conv2d_nhwc(&input, &weight, g, &Epilogue::default()))))]
         } else {
             let pass = if precision == Precision::Bf16 { "forward (bf16)" } else { "forward (compiled)" };
-            vec![(pass, median_ms(iters, || drop(packed.forward(&input, None, true))))]
+            let mut passes = vec![(pass, median_ms(iters, || drop(packed.forward(&input, None, true))))];
+            if precision == Precision::F32 && winograd::fits(g) {
+                // Same layer by F(4x4, 3x3); its GFLOP/s count direct convolution's multiplies.
+                let conv = WinogradConv::new(&weight, g.in_channels, g.out_channels, &ones, vec![0.0; g.out_channels]);
+                passes.push(("forward (winograd)", median_ms(iters, || drop(conv.forward(&input, None, true)))));
+            }
+            passes
         };
         if train {
             passes.push((

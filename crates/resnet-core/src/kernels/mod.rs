@@ -20,6 +20,7 @@ pub mod peak;
 pub mod pool;
 pub mod pool_backward;
 pub mod shortcut;
+pub mod winograd;
 
 pub use conv::{conv2d_nhwc, Conv2dGeometry, Epilogue};
 pub use matmul::{matmul, MatMul};

@@ -203,6 +203,35 @@ pub fn packed_matmul_on(
     });
 }
 
+/// [`packed_matmul_strided`] on the calling thread only, for callers that already run in
+/// parallel over independent products (Winograd's 36 per convolution). Rows go through in
+/// blocks of `MAX_TILE_ROWS`, as the parallel version's tiles, for the same cache reuse.
+pub(crate) fn packed_matmul_serial(a: Lhs<'_>, m: usize, b: &PackedMatrix, out: &mut [f32], e: &PackedEpilogue<'_>) {
+    let (k, n) = (b.k, b.n);
+    if m > 0 && k > 0 {
+        let last = (m - 1) * a.row_stride + (k - 1) * a.col_stride;
+        assert!(a.data.len() > last, "a is too short for M × K with its strides");
+    }
+    assert_eq!(out.len(), m * n, "out must be M × N");
+    if m == 0 || n == 0 {
+        return;
+    }
+    let use_avx512 = best_path() == GemmPath::Avx512 && avx512_available();
+    for (t, out_tile) in out.chunks_mut(MAX_TILE_ROWS * n).enumerate() {
+        let row0 = t * MAX_TILE_ROWS;
+        let rows = out_tile.len() / n;
+        let residual = e.residual.map(|r| &r[row0 * n..(row0 + rows) * n]);
+        let tile_e = PackedEpilogue { residual, ..*e };
+        let a_tile = a.starting_at_row(row0);
+        if use_avx512 {
+            #[cfg(target_arch = "x86_64")]
+            avx512::tile(a_tile, rows, b, out_tile, &tile_e);
+        } else {
+            portable_tile(a_tile, rows, b, out_tile, &tile_e);
+        }
+    }
+}
+
 /// Splits `out[M, N]` into tiles of whole rows (multiples of [`MR`], at least two per thread
 /// when `M` allows, at most `MAX_TILE_ROWS`) and runs `f(first_row, rows, out_tile,
 /// epilogue)` on each in parallel; the epilogue's residual is cut to the tile's rows.

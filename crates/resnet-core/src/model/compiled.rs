@@ -15,15 +15,16 @@ use super::config::{ModelError, ResNetConfig, Stem};
 use super::layers::ConvBn;
 use super::resnet::{Block, FeatureLayer, Features, ResNet, ShortcutPath};
 use crate::kernels::buffers::recycle;
-use crate::kernels::conv_packed::{PackedConv, Precision};
+use crate::kernels::conv_packed::{CompileOptions, PackedConv, Precision};
 use crate::kernels::packed_gemm::{packed_matmul, PackedEpilogue, PackedMatrix};
 use crate::kernels::shortcut::subsample_zero_pad_nhwc;
 use crate::kernels::{global_avg_pool_nhwc, max_pool2d_nhwc};
 use crate::tensor::Tensor;
 
 /// Largest packed weights of a stage that runs one image at a time (see
-/// [`CompiledResNet::per_image_stage_count`]): a quarter of a 32 MiB last-level cache.
-const PER_IMAGE_WEIGHT_BYTES: usize = 8 << 20;
+/// [`CompiledResNet::per_image_stage_count`]): about a third of a 32 MiB last-level cache,
+/// which takes in ResNet-50's layer2 with its Winograd filters (10.9 MB) but not layer3.
+const PER_IMAGE_WEIGHT_BYTES: usize = 12 << 20;
 
 enum CompiledShortcut {
     Identity,
@@ -48,38 +49,43 @@ pub struct CompiledResNet {
 }
 
 /// Packs one conv + BN, releasing the original weights.
-fn compile_unit(mut unit: ConvBn, precision: Precision) -> PackedConv {
+fn compile_unit(mut unit: ConvBn, options: CompileOptions) -> PackedConv {
     let (scale, shift) = unit.bn.eval_scale_shift();
     let weight = std::mem::take(&mut unit.conv.weight.data);
-    PackedConv::with_precision(unit.conv.geometry, &weight, &scale, shift, precision)
+    PackedConv::compile(unit.conv.geometry, &weight, &scale, shift, options)
 }
 
-fn compile_block(block: Block, precision: Precision) -> CompiledBlock {
+fn compile_block(block: Block, options: CompileOptions) -> CompiledBlock {
     let shortcut = match block.shortcut {
         ShortcutPath::Identity => CompiledShortcut::Identity,
-        ShortcutPath::Projection(d) => CompiledShortcut::Projection(compile_unit(*d, precision)),
+        ShortcutPath::Projection(d) => CompiledShortcut::Projection(compile_unit(*d, options)),
         ShortcutPath::ZeroPad { stride, before, after } => CompiledShortcut::ZeroPad { stride, before, after },
         ShortcutPath::None => CompiledShortcut::None,
     };
-    CompiledBlock { convs: block.convs.into_iter().map(|c| compile_unit(c, precision)).collect(), shortcut }
+    CompiledBlock { convs: block.convs.into_iter().map(|c| compile_unit(c, options)).collect(), shortcut }
 }
 
 impl ResNet {
-    /// Compiles this network for f32 inference, consuming it (see [`CompiledResNet`]).
+    /// Compiles this network for f32 inference with the default options (Winograd for the
+    /// 3x3 stride-1 convolutions), consuming it (see [`CompiledResNet`]).
     pub fn into_compiled(self) -> CompiledResNet {
-        self.into_compiled_with(Precision::F32)
+        self.into_compiled_with(CompileOptions::default())
     }
 
-    /// Compiles this network for inference in `precision`, consuming it.
-    pub fn into_compiled_with(self, precision: Precision) -> CompiledResNet {
+    /// Compiles this network for inference as `options` say (a [`Precision`] alone takes
+    /// the default for the rest), consuming it.
+    pub fn into_compiled_with(self, options: impl Into<CompileOptions>) -> CompiledResNet {
+        let options = options.into();
+        let precision = options.precision;
         let ResNet { config, stem, stages, fc } = self;
-        let stem = compile_unit(stem, precision);
-        let stages = stages.into_iter().map(|s| s.into_iter().map(|b| compile_block(b, precision)).collect()).collect();
+        let stem = compile_unit(stem, options);
+        let stages = stages.into_iter().map(|s| s.into_iter().map(|b| compile_block(b, options)).collect()).collect();
         let packed_fc = PackedMatrix::from_rows(&fc.weight.data, fc.out_features, fc.in_features, None);
         CompiledResNet { config, precision, stem, stages, fc: packed_fc, fc_bias: fc.bias.data }
     }
 
-    /// Compiles a copy in f32, keeping this network (for training or comparison).
+    /// Compiles a copy with the default options, keeping this network (for training or
+    /// comparison).
     pub fn compile(&self) -> CompiledResNet {
         self.clone().into_compiled()
     }
@@ -149,10 +155,6 @@ impl CompiledResNet {
         if let Some(forced) = std::env::var("RESNET_PER_IMAGE_STAGES").ok().and_then(|v| v.parse().ok()) {
             return forced;
         }
-        let bytes_per_weight = match self.precision {
-            Precision::F32 => 4,
-            Precision::Bf16 => 2,
-        };
         self.stages
             .iter()
             .take_while(|stage| {
@@ -165,7 +167,7 @@ impl CompiledResNet {
                         };
                         b.convs.iter().chain(projection)
                     })
-                    .map(|conv| conv.geometry.weight_len() * bytes_per_weight)
+                    .map(|conv| conv.weight_bytes())
                     .sum();
                 weights <= PER_IMAGE_WEIGHT_BYTES
             })

@@ -10,7 +10,7 @@ pub mod seeded;
 pub mod summary;
 pub mod train;
 
-pub use crate::kernels::conv_packed::Precision;
+pub use crate::kernels::conv_packed::{CompileOptions, Precision};
 pub use compiled::CompiledResNet;
 pub use config::{BlockKind, ModelError, ResNetConfig, Shortcut, Stem, ARCHITECTURES, CIFAR_DEPTHS};
 pub use layers::{BatchNorm2d, Conv2d, Linear};
