@@ -179,6 +179,27 @@ pub(crate) fn im2col_nhwc(
     row0: usize,
     patches: &mut [f32],
 ) {
+    let k = geom.filter_len();
+    if k == 0 {
+        return;
+    }
+    // Tasks of many rows: one patch row is often only 144 floats (3x3x16), far too little
+    // work to be worth a task of its own.
+    patches.par_chunks_mut(k * ROWS_PER_TASK).enumerate().for_each(|(task, task_patches)| {
+        im2col_rows(input, geom, (oh, ow), group, row0 + task * ROWS_PER_TASK, task_patches);
+    });
+}
+
+/// [`im2col_nhwc`] on the calling thread: `patches` (a whole number of rows of
+/// `filter_len()` values) gets the patches of output rows `row0..`.
+pub(crate) fn im2col_rows(
+    input: &Tensor,
+    geom: &Conv2dGeometry,
+    (oh, ow): (usize, usize),
+    group: usize,
+    row0: usize,
+    patches: &mut [f32],
+) {
     let (h, w, c_in) = (input.shape[1], input.shape[2], input.shape[3]);
     let cg = c_in / geom.groups;
     let c0 = group * cg;
@@ -187,38 +208,34 @@ pub(crate) fn im2col_nhwc(
         return;
     }
     let x = &input.data;
-    // Tasks of many rows: one patch row is often only 144 floats (3x3x16), far too little
-    // work to be worth a task of its own.
-    patches.par_chunks_mut(k * ROWS_PER_TASK).enumerate().for_each(|(task, task_patches)| {
-        for (i, patch) in task_patches.chunks_mut(k).enumerate() {
-            let r = row0 + task * ROWS_PER_TASK + i;
-            let (b, rem) = (r / (oh * ow), r % (oh * ow));
-            let (oy, ox) = (rem / ow, rem % ow);
-            let taps_x = valid_taps(ox, geom, w);
-            for ky in 0..geom.kernel_h {
-                let patch_row = &mut patch[ky * geom.kernel_w * cg..(ky + 1) * geom.kernel_w * cg];
-                let iy = (oy * geom.stride + ky) as isize - geom.padding as isize;
-                if iy < 0 || iy as usize >= h || taps_x.is_empty() {
-                    patch_row.fill(0.0);
-                    continue;
-                }
-                patch_row[..taps_x.start * cg].fill(0.0);
-                patch_row[taps_x.end * cg..].fill(0.0);
-                let first_ix = ox * geom.stride + taps_x.start - geom.padding;
-                let pixel = (b * h + iy as usize) * w + first_ix;
-                if geom.groups == 1 {
-                    // Neighbouring taps read neighbouring pixels: one contiguous copy.
-                    let len = taps_x.len() * c_in;
-                    patch_row[taps_x.start * cg..taps_x.end * cg].copy_from_slice(&x[pixel * c_in..][..len]);
-                } else {
-                    for (t, kx) in taps_x.clone().enumerate() {
-                        let src = (pixel + t) * c_in + c0;
-                        patch_row[kx * cg..(kx + 1) * cg].copy_from_slice(&x[src..src + cg]);
-                    }
+    for (i, patch) in patches.chunks_mut(k).enumerate() {
+        let r = row0 + i;
+        let (b, rem) = (r / (oh * ow), r % (oh * ow));
+        let (oy, ox) = (rem / ow, rem % ow);
+        let taps_x = valid_taps(ox, geom, w);
+        for ky in 0..geom.kernel_h {
+            let patch_row = &mut patch[ky * geom.kernel_w * cg..(ky + 1) * geom.kernel_w * cg];
+            let iy = (oy * geom.stride + ky) as isize - geom.padding as isize;
+            if iy < 0 || iy as usize >= h || taps_x.is_empty() {
+                patch_row.fill(0.0);
+                continue;
+            }
+            patch_row[..taps_x.start * cg].fill(0.0);
+            patch_row[taps_x.end * cg..].fill(0.0);
+            let first_ix = ox * geom.stride + taps_x.start - geom.padding;
+            let pixel = (b * h + iy as usize) * w + first_ix;
+            if geom.groups == 1 {
+                // Neighbouring taps read neighbouring pixels: one contiguous copy.
+                let len = taps_x.len() * c_in;
+                patch_row[taps_x.start * cg..taps_x.end * cg].copy_from_slice(&x[pixel * c_in..][..len]);
+            } else {
+                for (t, kx) in taps_x.clone().enumerate() {
+                    let src = (pixel + t) * c_in + c0;
+                    patch_row[kx * cg..(kx + 1) * cg].copy_from_slice(&x[src..src + cg]);
                 }
             }
         }
-    });
+    }
 }
 
 /// Output rows per parallel task in im2col and the epilogue.

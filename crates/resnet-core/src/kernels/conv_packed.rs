@@ -4,9 +4,9 @@
 //! or, for [`Precision::Bf16`], in bf16 for the AVX512-BF16 kernel ([`super::packed_gemm_bf16`]).
 
 use super::buffers::take_buffer;
-use super::conv::{conv2d_nhwc, im2col_nhwc, with_patch_buffer, Conv2dGeometry, Epilogue, MAX_PATCH_FLOATS};
-use super::packed_gemm::{packed_matmul, PackedEpilogue, PackedMatrix};
-use super::packed_gemm_bf16::{packed_matmul_bf16, PackedMatrixBf16};
+use super::conv::{conv2d_nhwc, im2col_rows, with_patch_buffer, Conv2dGeometry, Epilogue};
+use super::packed_gemm::{for_each_row_tile, packed_matmul, packed_matmul_serial, Lhs, PackedEpilogue, PackedMatrix};
+use super::packed_gemm_bf16::{packed_matmul_bf16, packed_matmul_bf16_rows, PackedMatrixBf16, RowSource};
 use super::winograd::{self, WinogradConv};
 use crate::tensor::Tensor;
 
@@ -221,32 +221,47 @@ pub(crate) fn conv2d_nhwc_packed(
     // Every value is written by the GEMM (no accumulation), so a reused buffer needs no clearing.
     let shape = [n, oh, ow, c_out];
     let mut out = Tensor::from_vec(&shape, take_buffer(rows * c_out)).unwrap_or_else(|| Tensor::zeros(&shape));
-    let epilogue_for = |first_row: usize, chunk: usize| PackedEpilogue {
-        bias,
-        residual: residual.map(|r| &r[first_row * c_out..(first_row + chunk) * c_out]),
-        relu,
-        accumulate: false,
-    };
+    let e = PackedEpilogue { bias, residual, relu, accumulate: false };
     let pointwise = g.is_pointwise() && g.stride == 1;
     if pointwise {
         // The NHWC input already is the [rows, C_in] matrix.
-        packed.matmul(&x.data, rows, c_in, &mut out.data, &epilogue_for(0, rows));
+        packed.matmul(&x.data, rows, c_in, &mut out.data, &e);
         return out;
     }
+    // Each parallel tile of output rows builds its own patches (im2col) on its thread, and
+    // multiplies them while they are in cache: no patch matrix goes through memory.
     let k = g.filter_len();
-    let chunk_rows = (MAX_PATCH_FLOATS / k.max(1)).max(1);
-    with_patch_buffer(|patches| {
-        let mut row0 = 0;
-        while row0 < rows {
-            let chunk = chunk_rows.min(rows - row0);
-            patches.resize(chunk * k, 0.0);
-            im2col_nhwc(x, g, (oh, ow), 0, row0, patches);
-            let out_chunk = &mut out.data[row0 * c_out..(row0 + chunk) * c_out];
-            packed.matmul(patches, chunk, k, out_chunk, &epilogue_for(row0, chunk));
-            row0 += chunk;
+    match packed {
+        PackedRhs::F32(p) => for_each_row_tile(rows, c_out, &mut out.data, &e, |row0, tile_rows, out_tile, tile_e| {
+            with_patch_buffer(|patches| {
+                if patches.len() < tile_rows * k {
+                    patches.resize(tile_rows * k, 0.0);
+                }
+                let patches = &mut patches[..tile_rows * k];
+                im2col_rows(x, g, (oh, ow), 0, row0, patches);
+                packed_matmul_serial(Lhs::rows(patches, k), tile_rows, p, out_tile, tile_e);
+            })
+        }),
+        PackedRhs::Bf16(p) => {
+            let source = PatchRows { x, geometry: g, out_hw: (oh, ow) };
+            packed_matmul_bf16_rows(&source, rows, p, &mut out.data, &e);
         }
-    });
+    }
     out
+}
+
+/// The im2col rows of a convolution, built one at a time for the bf16 kernel.
+struct PatchRows<'a> {
+    x: &'a Tensor,
+    geometry: &'a Conv2dGeometry,
+    out_hw: (usize, usize),
+}
+
+impl RowSource for PatchRows<'_> {
+    fn row<'s>(&'s self, r: usize, scratch: &'s mut [f32]) -> &'s [f32] {
+        im2col_rows(self.x, self.geometry, self.out_hw, 0, r, scratch);
+        scratch
+    }
 }
 
 #[cfg(test)]

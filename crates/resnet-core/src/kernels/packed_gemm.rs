@@ -235,7 +235,7 @@ pub(crate) fn packed_matmul_serial(a: Lhs<'_>, m: usize, b: &PackedMatrix, out: 
 /// Splits `out[M, N]` into tiles of whole rows (multiples of [`MR`], at least two per thread
 /// when `M` allows, at most `MAX_TILE_ROWS`) and runs `f(first_row, rows, out_tile,
 /// epilogue)` on each in parallel; the epilogue's residual is cut to the tile's rows.
-pub(super) fn for_each_row_tile<F>(m: usize, n: usize, out: &mut [f32], e: &PackedEpilogue<'_>, f: F)
+pub(crate) fn for_each_row_tile<F>(m: usize, n: usize, out: &mut [f32], e: &PackedEpilogue<'_>, f: F)
 where
     F: Fn(usize, usize, &mut [f32], &PackedEpilogue<'_>) + Sync,
 {

@@ -20,7 +20,8 @@
 use std::cell::RefCell;
 
 use super::packed_gemm::{
-    avx512_available, best_path, for_each_row_tile, packed_matmul_on, GemmPath, Lhs, PackedEpilogue, PackedMatrix, NR,
+    avx512_available, best_path, for_each_row_tile, packed_matmul_serial, GemmPath, Lhs, PackedEpilogue, PackedMatrix,
+    NR,
 };
 use super::peak::has_avx512_bf16;
 
@@ -148,10 +149,38 @@ impl PackedMatrixBf16 {
     }
 }
 
+/// Per-thread scratch, reused across calls so converting allocates nothing after warm-up.
+#[derive(Default)]
+struct Scratch {
+    /// One tile's rows as bf16 pairs (native path).
+    pairs: Vec<u32>,
+    /// One tile's rows rounded to bf16 as f32 (emulated path).
+    rounded: Vec<f32>,
+    /// One row of `a` when the source builds it (im2col).
+    row: Vec<f32>,
+}
+
 thread_local! {
-    /// Per-thread scratch for one tile's rows of `a` converted to bf16 (native) or rounded
-    /// (emulated); reused across calls so converting allocates nothing after warm-up.
-    static TILE_SCRATCH: RefCell<(Vec<u32>, Vec<f32>)> = const { RefCell::new((Vec::new(), Vec::new())) };
+    static TILE_SCRATCH: RefCell<Scratch> = RefCell::new(Scratch::default());
+}
+
+/// The rows of a left operand `a[M, K]`, read in place or built on demand.
+pub(crate) trait RowSource: Sync {
+    /// Row `r`'s K values: borrowed from the source, or written into `scratch` (K long).
+    fn row<'s>(&'s self, r: usize, scratch: &'s mut [f32]) -> &'s [f32];
+}
+
+/// A row-major matrix with row stride `lda`.
+struct DenseRows<'a> {
+    a: &'a [f32],
+    lda: usize,
+    k: usize,
+}
+
+impl RowSource for DenseRows<'_> {
+    fn row<'s>(&'s self, r: usize, _scratch: &'s mut [f32]) -> &'s [f32] {
+        &self.a[r * self.lda..r * self.lda + self.k]
+    }
 }
 
 /// `out[M, N] = epilogue(a[M, K] · b)` in bf16 with f32 sums, `a` row-major with row stride
@@ -165,11 +194,25 @@ pub fn packed_matmul_bf16(
     out: &mut [f32],
     e: &PackedEpilogue<'_>,
 ) {
-    let (k, n) = (b.k, b.n);
+    let k = b.k;
     assert!(lda >= k, "row stride of a must be at least K");
     if m > 0 && k > 0 {
         assert!(a.len() >= (m - 1) * lda + k, "a is too short for M × K");
     }
+    packed_matmul_bf16_rows(&DenseRows { a, lda, k }, m, b, out, e);
+}
+
+/// [`packed_matmul_bf16`] with the rows of `a` from `source`: each tile of rows is built
+/// and converted to bf16 while it is in cache (for convolutions, im2col and conversion in
+/// one pass per row, with no patch matrix in memory).
+pub(crate) fn packed_matmul_bf16_rows(
+    source: &impl RowSource,
+    m: usize,
+    b: &PackedMatrixBf16,
+    out: &mut [f32],
+    e: &PackedEpilogue<'_>,
+) {
+    let (k, n) = (b.k, b.n);
     assert_eq!(out.len(), m * n, "out must be M × N");
     if let Some(bias) = e.bias {
         assert_eq!(bias.len(), n, "one bias per column");
@@ -182,13 +225,14 @@ pub fn packed_matmul_bf16(
     }
     match &b.storage {
         Storage::Rounded(packed) => for_each_row_tile(m, n, out, e, |row0, rows, out_tile, tile_e| {
-            TILE_SCRATCH.with_borrow_mut(|(_, rounded)| {
+            TILE_SCRATCH.with_borrow_mut(|Scratch { rounded, row, .. }| {
+                row.resize(k, 0.0);
                 rounded.clear();
                 for r in row0..row0 + rows {
-                    rounded.extend(a[r * lda..r * lda + k].iter().map(|&v| round_to_bf16(v)));
+                    rounded.extend(source.row(r, row).iter().map(|&v| round_to_bf16(v)));
                 }
                 // One thread per tile: the tiles already run in parallel.
-                packed_matmul_on(best_path(), Lhs::rows(rounded, k), rows, packed, out_tile, tile_e);
+                packed_matmul_serial(Lhs::rows(rounded, k), rows, packed, out_tile, tile_e);
             })
         }),
         Storage::Pairs(panels) => {
@@ -198,14 +242,15 @@ pub fn packed_matmul_bf16(
             );
             let pairs = b.pairs();
             for_each_row_tile(m, n, out, e, |row0, rows, out_tile, tile_e| {
-                TILE_SCRATCH.with_borrow_mut(|(converted, _)| {
+                TILE_SCRATCH.with_borrow_mut(|Scratch { pairs: converted, row, .. }| {
+                    row.resize(k, 0.0);
                     // convert_row writes every lane, so growing is the only clearing needed.
                     if converted.len() < rows * pairs {
                         converted.resize(rows * pairs, 0);
                     }
                     let converted = &mut converted[..rows * pairs];
                     for (r, dst) in converted.chunks_mut(pairs.max(1)).enumerate() {
-                        let src = &a[(row0 + r) * lda..(row0 + r) * lda + k];
+                        let src = source.row(row0 + r, row);
                         #[cfg(target_arch = "x86_64")]
                         // SAFETY: AVX512-BF16 was detected just above.
                         unsafe {
