@@ -189,18 +189,21 @@ def main():
 
     if train:
         print("\n### Training step (forward, cross-entropy, backward, SGD momentum; median over rounds)\n")
-        print("| impl | arch | batch | input | step ms | images/s | peak RSS MB | ours vs this (images/s) |")
-        print("|---|---|---|---|---|---|---|---|")
+        print("| impl | arch | batch | input | step ms | images/s | activations MB | peak RSS MB | ours vs this (images/s) |")
+        print("|---|---|---|---|---|---|---|---|---|")
         for (arch, batch, size), impls in train_rows.items():
             ours = impls[OURS]
             for name, rows in impls.items():
                 if not rows:
-                    print(f"| {name} | {arch} | {batch} | {size} | failed | | | |")
+                    print(f"| {name} | {arch} | {batch} | {size} | failed | | | | |")
                     continue
                 ips = med(rows, "train_images_per_sec_median")
                 ratio = f"{med(ours, 'train_images_per_sec_median') / ips:.2f}x" if ours else "n/a"
-                print(f"| {name} | {arch} | {batch} | {size} | {med(rows, 'step_ms_median'):.1f} | {ips:.2f} | "
+                act = f"{med(rows, 'activation_mb'):.0f}" if "activation_mb" in rows[0] else "n/a"
+                print(f"| {name} | {arch} | {batch} | {size} | {med(rows, 'step_ms_median'):.1f} | {ips:.2f} | {act} | "
                       f"{max(r['peak_rss_mb'] for r in rows):.0f} | {ratio} |")
+        print("\nActivations: what our forward keeps for the backward (`resnet bench --train`); PyTorch does not "
+              "report it.")
         print("\nONNX Runtime is inference-only here (training needs the separate onnxruntime-training build).")
 
 

@@ -190,6 +190,20 @@ fn bench_bf16_reports_its_precision_and_agreement_with_fp32() {
     assert!(stderr(&o).contains("compiled inference plan"), "{}", stderr(&o));
 }
 
+#[test]
+fn bench_train_reports_activation_memory() {
+    let o = resnet(&[
+        "bench", "--train", "--arch", "resnet20", "--batch", "4", "--input", "32", "--iters", "1", "--warmup", "0",
+        "--json",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    // ResNet-20 keeps at least the stem's and 18 convolutions' 32x32 or smaller maps: for 4
+    // images well over 1 MB, and far less than the 200 MB a leak or a per-pixel cost would give.
+    let mb = v["activation_mb"].as_f64().unwrap();
+    assert!(mb > 1.0 && mb < 200.0, "activation_mb {mb}");
+}
+
 // ---- bad input: one test per case ----
 
 fn classify_with_random_weights(image: &Path) -> Output {

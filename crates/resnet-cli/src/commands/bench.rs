@@ -37,7 +37,8 @@ pub struct Args {
     #[arg(long)]
     json: bool,
     /// Measure training steps (forward, cross-entropy, backward, SGD momentum step) instead
-    /// of inference; e.g. --train --arch resnet20 --batch 128 --input 32.
+    /// of inference, and the memory the forward keeps for the backward (activations and
+    /// BatchNorm's normalised inputs); e.g. --train --arch resnet20 --batch 128 --input 32.
     #[arg(long)]
     train: bool,
     /// Measure this CPU's fp32 (and, with AVX512-BF16, bf16) multiply-add peak in GFLOP/s
@@ -100,6 +101,8 @@ struct TrainBenchResult {
     iters: usize,
     step_ms_median: f64,
     train_images_per_sec_median: f64,
+    /// What the forward keeps for the backward (activations, BN's normalised inputs).
+    activation_mb: f64,
     peak_rss_mb: f64,
 }
 
@@ -120,9 +123,11 @@ fn run_train(args: &Args, threads: usize) -> anyhow::Result<()> {
         let x = Tensor::nchw_to_nhwc([batch, 3, s, s], &seeded_values(1, batch * 3 * s * s, -2.0, 2.0));
         let labels: Vec<usize> = (0..batch).map(|i| i % classes).collect();
         let mut times = Vec::new();
+        let mut activation_bytes = 0;
         for i in 0..args.warmup + args.iters {
             let t = Instant::now();
             let (logits, cache) = model.forward_train(&x)?;
+            activation_bytes = cache.activation_bytes();
             let (_, grad) = resnet_core::kernels::loss::softmax_cross_entropy(&logits, &labels, 0.0)?;
             model.backward(&grad, cache);
             resnet_train::sgd_step_model(&mut model, &mut sgd, 0.01, false, false)?;
@@ -139,14 +144,15 @@ fn run_train(args: &Args, threads: usize) -> anyhow::Result<()> {
             iters: args.iters,
             step_ms_median: med,
             train_images_per_sec_median: batch as f64 * 1e3 / med,
+            activation_mb: activation_bytes as f64 / (1024.0 * 1024.0),
             peak_rss_mb: peak_rss_mb(),
         };
         let line = if args.json {
             serde_json::to_string(&r)?
         } else {
             format!(
-                "train {} batch {} @{}px, {} threads: median {:.1} ms/step, {:.1} images/s, peak RSS {:.0} MB",
-                r.arch, batch, s, threads, med, r.train_images_per_sec_median, r.peak_rss_mb
+                "train {} batch {} @{}px, {} threads: median {:.1} ms/step, {:.1} images/s, activations {:.0} MB, peak RSS {:.0} MB",
+                r.arch, batch, s, threads, med, r.train_images_per_sec_median, r.activation_mb, r.peak_rss_mb
             )
         };
         crate::output::emit(&format!("{line}\n"))?;

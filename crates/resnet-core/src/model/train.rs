@@ -189,6 +189,48 @@ pub struct TrainCache {
     pooled: Tensor,
 }
 
+/// Bytes of what a training forward keeps for the backward, counting each shared
+/// activation once.
+#[derive(Debug, Default)]
+struct ActivationBytes {
+    seen: std::collections::HashSet<*const Tensor>,
+    bytes: usize,
+}
+
+impl ActivationBytes {
+    fn shared(&mut self, t: &Arc<Tensor>) {
+        if self.seen.insert(Arc::as_ptr(t)) {
+            self.bytes += 4 * t.data.len();
+        }
+    }
+
+    fn unit(&mut self, c: &ConvBnCache) {
+        self.shared(&c.input);
+        if let Some(o) = &c.output {
+            self.shared(o);
+        }
+        let bn = &c.bn;
+        self.bytes += 4 * (bn.x_hat.data.len() + bn.mean.len() + bn.inv_std.len() + bn.var_unbiased.len());
+    }
+}
+
+impl TrainCache {
+    /// Bytes held for the backward pass: every saved activation (shared ones once), each
+    /// BatchNorm's normalised input and statistics, the max-pool's argmax indices and the
+    /// pooled features. What `resnet bench --train` reports as activation memory.
+    pub fn activation_bytes(&self) -> usize {
+        let mut count = ActivationBytes::default();
+        count.unit(&self.stem);
+        for block in &self.blocks {
+            block.convs.iter().chain(&block.shortcut).for_each(|c| count.unit(c));
+        }
+        if let Some((indices, _)) = &self.max_pool {
+            count.bytes += std::mem::size_of_val(indices.as_slice());
+        }
+        count.bytes + 4 * self.pooled.data.len()
+    }
+}
+
 impl ResNet {
     /// Training-mode forward: logits `[N, classes]` and what [`ResNet::backward`] needs.
     /// Updates BatchNorm running statistics, as one PyTorch `model.train()` forward does.
