@@ -13,9 +13,11 @@
 
 use rayon::prelude::*;
 
-use super::conv::{im2col_nhwc, valid_taps, Conv2dGeometry};
+use super::conv::{im2col_nhwc, im2col_rows, valid_taps, Conv2dGeometry};
 use super::matmul::{matmul, MatMul};
-use super::packed_gemm::{packed_matmul, packed_matmul_strided, Lhs, PackedEpilogue, PackedMatrix};
+use super::packed_gemm::{
+    packed_matmul, packed_matmul_serial, packed_matmul_strided, Lhs, PackedEpilogue, PackedMatrix,
+};
 use crate::tensor::Tensor;
 
 /// Upper bound on the floats of one patch buffer (as in the forward): a large batch runs in
@@ -52,7 +54,7 @@ pub fn conv2d_nhwc_backward_input(
 /// (`[N, H, W, C_in]`) and `grad_out` (`[N, OH, OW, C_out]`).
 /// Panics when the shapes disagree with `geom` (a caller bug).
 pub fn conv2d_nhwc_backward_weight(input: &Tensor, grad_out: &Tensor, geom: &Conv2dGeometry) -> Vec<f32> {
-    backward_weight_chunked(input, grad_out, geom, MAX_PATCH_FLOATS)
+    backward_weight_chunked(input, grad_out, geom, MAX_PATCH_FLOATS, SPLIT_PIXELS_MAX_WEIGHTS)
 }
 
 /// Checks `grad_out` against `geom` and an input of `h × w`; returns `(N, OH, OW)`.
@@ -203,6 +205,7 @@ fn backward_weight_chunked(
     grad_out: &Tensor,
     geom: &Conv2dGeometry,
     max_patch_floats: usize,
+    split_max_weights: usize,
 ) -> Vec<f32> {
     assert_eq!(input.shape.len(), 4, "conv2d backward expects an NHWC input");
     let (h, w, c_in) = (input.shape[1], input.shape[2], input.shape[3]);
@@ -235,6 +238,9 @@ fn backward_weight_chunked(
         };
         matmul(&spec, dst, k_group);
     };
+    if geom.groups == 1 && k_group * c_out <= split_max_weights {
+        return weight_gradient_split_over_pixels(input, grad_out, geom, (oh, ow));
+    }
     if is_pointwise_stride1(geom) {
         // grad_Wᵀ[C_in, C_out] = inputᵀ · grad_out: the input read transposed in place.
         let lhs = Lhs { data: &input.data, row_stride: 1, col_stride: c_in };
@@ -268,6 +274,65 @@ fn backward_weight_chunked(
             first_row += chunk;
         }
     });
+    grad_weight
+}
+
+/// Largest `K · C_out` (filter values) whose weight gradient is split over pixels: 2^18
+/// floats, a 1 MiB partial sum per thread that stays in its L2.
+const SPLIT_PIXELS_MAX_WEIGHTS: usize = 1 << 18;
+
+/// Patch values (pixels x K) built per step of [`weight_gradient_split_over_pixels`]: 1 MiB.
+const SPLIT_PIXELS_PATCH_FLOATS: usize = 1 << 18;
+
+/// The weight gradient of an ungrouped convolution with few weights and many pixels
+/// (ResNet-50's first stages, the CIFAR nets): each thread takes a contiguous range of
+/// pixels and, a cache-sized step at a time, builds their patches (im2col; the input itself
+/// for 1x1 stride 1) and adds `patchesᵀ · grad_out` into its own `[K, C_out]` partial sum;
+/// the partial sums are added at the end. Every input and gradient value is read once,
+/// where splitting the few weight rows across threads (the general path) makes every
+/// thread stream the whole gradient.
+fn weight_gradient_split_over_pixels(
+    input: &Tensor,
+    grad_out: &Tensor,
+    geom: &Conv2dGeometry,
+    (oh, ow): (usize, usize),
+) -> Vec<f32> {
+    let (k, c_in, c_out) = (geom.filter_len(), geom.in_channels, geom.out_channels);
+    let rows = grad_out.data.len() / c_out;
+    let threads = super::current_threads().max(1);
+    let per_thread = rows.div_ceil(threads);
+    let step = (SPLIT_PIXELS_PATCH_FLOATS / k.max(1)).clamp(16, 1024);
+    let pointwise = is_pointwise_stride1(geom);
+    let partials: Vec<Vec<f32>> = (0..threads)
+        .into_par_iter()
+        .map(|t| {
+            let (first, last) = ((t * per_thread).min(rows), ((t + 1) * per_thread).min(rows));
+            let mut sum = vec![0.0f32; k * c_out]; // [K, C_out]
+            let mut patches = Vec::new();
+            for start in (first..last).step_by(step) {
+                let len = step.min(last - start);
+                let lhs = if pointwise {
+                    Lhs { data: &input.data[start * c_in..(start + len) * c_in], row_stride: 1, col_stride: c_in }
+                } else {
+                    patches.resize(len * k, 0.0);
+                    im2col_rows(input, geom, (oh, ow), 0, start, &mut patches[..len * k]);
+                    Lhs { data: &patches[..len * k], row_stride: 1, col_stride: k }
+                };
+                let grad_rows = &grad_out.data[start * c_out..(start + len) * c_out];
+                let packed = PackedMatrix::from_kn(grad_rows, len, c_out);
+                let e = PackedEpilogue { accumulate: start > first, ..PackedEpilogue::default() };
+                packed_matmul_serial(lhs, k, &packed, &mut sum, &e);
+            }
+            sum
+        })
+        .collect();
+    // Add the partial sums and transpose [K, C_out] into OHWI [C_out, K].
+    let mut grad_weight = vec![0.0f32; k * c_out];
+    for (o, dst) in grad_weight.chunks_mut(k.max(1)).enumerate() {
+        for (kk, d) in dst.iter_mut().enumerate() {
+            *d = partials.iter().map(|p| p[kk * c_out + o]).sum();
+        }
+    }
     grad_weight
 }
 
@@ -355,6 +420,7 @@ mod tests {
     }
 
     /// Chunking (whole images for the input gradient, row ranges for the weight gradient)
+    /// and the two ways of splitting the weight gradient (over pixels, over weight rows)
     /// must not change the result beyond summation order.
     #[test]
     fn chunked_equals_unchunked() {
@@ -378,7 +444,8 @@ mod tests {
             // Budgets of one patch row and of about two images.
             for budget in [1, 2 * oh * ow * geom.kernel_h * geom.kernel_w * geom.in_channels] {
                 let part_x = backward_input_chunked(&grad_out, &weight, &geom, (h, w), budget);
-                let part_w = backward_weight_chunked(&input, &grad_out, &geom, budget);
+                // Split over pixels (the default for these small filters) vs over weight rows.
+                let part_w = backward_weight_chunked(&input, &grad_out, &geom, budget, 0);
                 for (a, b) in part_x.data.iter().zip(&whole_x.data).chain(part_w.iter().zip(&whole_w)) {
                     assert!((a - b).abs() <= 1e-5 * (1.0 + b.abs()), "{geom:?} budget {budget}: {a} vs {b}");
                 }

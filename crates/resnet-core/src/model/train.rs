@@ -76,6 +76,22 @@ impl ConvBn {
     /// gradients, returns `∂L/∂x` and, if a residual was added, `∂L/∂residual` (the
     /// gradient after the ReLU, which the sum passes to both of its terms).
     pub fn backward(&mut self, grad_out: Tensor, cache: ConvBnCache) -> (Tensor, Option<Tensor>) {
+        let (grad_x, grad_residual) = self.backward_with(grad_out, cache, true);
+        (grad_x.unwrap_or_else(|| Tensor::zeros(&[0])), grad_residual)
+    }
+
+    /// [`Self::backward`] for the first layer: parameter gradients only, since nothing
+    /// needs the gradient of the input image (it would cost a whole transposed convolution).
+    pub fn backward_parameters_only(&mut self, grad_out: Tensor, cache: ConvBnCache) {
+        self.backward_with(grad_out, cache, false);
+    }
+
+    fn backward_with(
+        &mut self,
+        grad_out: Tensor,
+        cache: ConvBnCache,
+        input_gradient: bool,
+    ) -> (Option<Tensor>, Option<Tensor>) {
         let gamma = &self.bn.weight.data;
         let (bn, grad_residual) = match (&cache.output, cache.had_residual) {
             // No residual: ReLU and BN backward in one pass, no masked copy.
@@ -94,7 +110,8 @@ impl ConvBn {
         let grad_w = conv2d_nhwc_backward_weight(&cache.input, &bn.grad_input, geom);
         self.conv.weight.accumulate_grad(&grad_w);
         let hw = (cache.input.shape[1], cache.input.shape[2]);
-        let grad_x = conv2d_nhwc_backward_input(&bn.grad_input, &self.conv.weight.data, geom, hw);
+        let grad_x =
+            input_gradient.then(|| conv2d_nhwc_backward_input(&bn.grad_input, &self.conv.weight.data, geom, hw));
         (grad_x, grad_residual)
     }
 }
@@ -268,7 +285,7 @@ impl ResNet {
         if let Some((indices, hw)) = &cache.max_pool {
             grad = max_pool2d_nhwc_backward(&grad, indices, *hw);
         }
-        self.stem.backward(grad, cache.stem);
+        self.stem.backward_parameters_only(grad, cache.stem);
     }
 
     /// Clears every accumulated gradient.
