@@ -5,7 +5,7 @@ use std::path::Path;
 
 use anyhow::Context;
 use resnet_core::model::seeded::seed_parameters;
-use resnet_core::model::{Shortcut, Stem};
+use resnet_core::model::{CompileOptions, Precision, Shortcut, Stem};
 use resnet_core::weights::load_state_dict;
 use resnet_core::{ResNet, ResNetConfig, StateDict};
 
@@ -40,6 +40,53 @@ pub struct ModelArgs {
     /// ImageNet preprocessing only.
     #[arg(long, value_name = "PIXELS")]
     pub resize: Option<u32>,
+}
+
+/// How a loaded network is compiled for inference (`resnet classify`, `embed`, `bench`).
+#[derive(clap::Args, Debug, Clone)]
+pub struct PlanArgs {
+    /// Number format of the convolutions' multiplies: fp32, or bf16 (weights and each
+    /// layer's input rounded to bfloat16, sums in f32; AVX512-BF16's vdpbf16ps where the CPU
+    /// has it, about 1.6x fp32's speed, logits within ~0.5% of fp32's; a slow emulation
+    /// elsewhere).
+    #[arg(long, value_enum, default_value_t = PrecisionArg::Fp32)]
+    pub precision: PrecisionArg,
+    /// Compute fp32 3x3 stride-1 convolutions directly instead of by Winograd F(4x4,3x3)
+    /// (Winograd: about 2x faster on those layers, rounding errors ~2e-6 of a layer's largest
+    /// output instead of ~1e-7).
+    #[arg(long)]
+    pub no_winograd: bool,
+}
+
+impl PlanArgs {
+    pub fn options(&self) -> CompileOptions {
+        CompileOptions { precision: self.precision.into(), winograd: !self.no_winograd }
+    }
+}
+
+/// `--precision` values.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PrecisionArg {
+    Fp32,
+    Bf16,
+}
+
+impl From<PrecisionArg> for Precision {
+    fn from(p: PrecisionArg) -> Precision {
+        match p {
+            PrecisionArg::Fp32 => Precision::F32,
+            PrecisionArg::Bf16 => Precision::Bf16,
+        }
+    }
+}
+
+impl PrecisionArg {
+    pub fn name(self) -> &'static str {
+        match self {
+            PrecisionArg::Fp32 => "fp32",
+            PrecisionArg::Bf16 => "bf16",
+        }
+    }
 }
 
 /// A model with its weights and the preprocessing its inputs need.

@@ -161,6 +161,25 @@ fn a_trained_cifar_net_classifies_pngs_and_arrays_with_cifar10_names() {
         assert!((a.1 - b.1).abs() < 1e-6, "PNG and its normalised array disagree: {from_png:?} vs {from_npy:?}");
     }
 
+    // The plan's options: direct convolution gives the same probabilities as Winograd to
+    // f32 rounding; bf16 within a percent or so of each probability's share.
+    let with = |extra: &[&str]| {
+        let mut args = vec![png32.to_str().unwrap(), "--arch", "resnet20", "--weights", w, "--dataset", "cifar10"];
+        args.extend_from_slice(extra);
+        check_predictions(&classify_json(&args)[0], &CIFAR10)
+    };
+    let probability = |preds: &[(String, f64)], label: &str| preds.iter().find(|p| p.0 == label).map(|p| p.1);
+    let default = with(&["--top", "10"]);
+    let cases: [(&[&str], f64); 2] =
+        [(&["--no-winograd", "--top", "10"], 1e-5), (&["--precision", "bf16", "--top", "10"], 2e-2)];
+    for (extra, tolerance) in cases {
+        let other = with(extra);
+        for (label, p) in &default {
+            let q = probability(&other, label).unwrap();
+            assert!((p - q).abs() <= tolerance, "{extra:?}: {label} {p} vs {q}");
+        }
+    }
+
     // Text output names the classes too.
     let o =
         resnet(&["classify", png32.to_str().unwrap(), "--arch", "resnet20", "--weights", w, "--dataset", "cifar10"]);

@@ -6,6 +6,8 @@ use resnet_core::kernels::packed_gemm_bf16::{best_bf16_path, Bf16Path};
 use resnet_core::model::seeded::{seed_parameters, seeded_values};
 use resnet_core::model::{CompileOptions, Precision};
 use resnet_core::{ResNet, Tensor};
+
+use crate::model_source::{PlanArgs, PrecisionArg};
 use serde::Serialize;
 
 /// Measure inference or training speed, memory, and this CPU's peak.
@@ -54,42 +56,8 @@ pub struct Args {
     /// by the GEMM on every call) instead of the compiled inference plan; to compare the two.
     #[arg(long)]
     uncompiled: bool,
-    /// Number format of the convolutions' multiplies in the compiled plan: fp32, or bf16
-    /// (weights and each layer's input rounded to bfloat16, sums in f32; AVX512-BF16's
-    /// vdpbf16ps where the CPU has it, a slow emulation otherwise). bf16 prints its logits'
-    /// agreement with fp32 on the benchmark input.
-    #[arg(long, value_enum, default_value_t = PrecisionArg::Fp32)]
-    precision: PrecisionArg,
-    /// Compute the fp32 3x3 stride-1 convolutions directly instead of by Winograd F(4x4,3x3)
-    /// (Winograd: about 2x faster on those layers, rounding errors ~2e-6 of a layer's
-    /// largest output instead of ~1e-7).
-    #[arg(long)]
-    no_winograd: bool,
-}
-
-/// `--precision` values.
-#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
-pub enum PrecisionArg {
-    Fp32,
-    Bf16,
-}
-
-impl From<PrecisionArg> for Precision {
-    fn from(p: PrecisionArg) -> Precision {
-        match p {
-            PrecisionArg::Fp32 => Precision::F32,
-            PrecisionArg::Bf16 => Precision::Bf16,
-        }
-    }
-}
-
-impl PrecisionArg {
-    pub fn name(self) -> &'static str {
-        match self {
-            PrecisionArg::Fp32 => "fp32",
-            PrecisionArg::Bf16 => "bf16",
-        }
-    }
+    #[command(flatten)]
+    plan: PlanArgs,
 }
 
 #[derive(Serialize)]
@@ -210,7 +178,7 @@ pub fn run(args: Args, threads: usize) -> anyhow::Result<()> {
     if args.peak {
         return super::bench_layers::run_peak(args.json);
     }
-    let bf16 = args.precision == PrecisionArg::Bf16;
+    let bf16 = args.plan.precision == PrecisionArg::Bf16;
     if bf16 && (args.train || args.uncompiled) {
         anyhow::bail!("--precision bf16 applies to the compiled inference plan; drop --train / --uncompiled");
     }
@@ -221,7 +189,7 @@ pub fn run(args: Args, threads: usize) -> anyhow::Result<()> {
     }
     if args.layers {
         let batch = args.batch[0];
-        let precision = args.precision.into();
+        let precision = args.plan.precision.into();
         return super::bench_layers::run_layers(
             &args.arch, args.input, batch, args.iters, args.train, precision, args.json,
         );
@@ -234,7 +202,7 @@ pub fn run(args: Args, threads: usize) -> anyhow::Result<()> {
     let engine = if args.uncompiled {
         Engine::Direct(Box::new(model))
     } else {
-        let options = CompileOptions { precision: args.precision.into(), winograd: !args.no_winograd };
+        let options = args.plan.options();
         Engine::Compiled(Box::new(model.into_compiled_with(options)))
     };
     let forward = |x: &Tensor| match &engine {
@@ -257,7 +225,7 @@ pub fn run(args: Args, threads: usize) -> anyhow::Result<()> {
         let med = median(&mut times);
         let r = BenchResult {
             arch: args.arch.clone(),
-            precision: args.precision.name(),
+            precision: args.plan.precision.name(),
             batch,
             input: s,
             threads,

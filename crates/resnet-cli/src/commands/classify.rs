@@ -8,7 +8,7 @@ use serde::Serialize;
 
 use crate::inputs::{batch_ranges, expand_inputs, load_batch, progress_bar};
 use crate::labels::{imagenet_label, IMAGENET_CLASSES};
-use crate::model_source::{load_model, ModelArgs};
+use crate::model_source::{load_model, ModelArgs, PlanArgs};
 use crate::preprocessing::DatasetPreset;
 
 /// Classify images: top classes with probabilities.
@@ -42,6 +42,8 @@ pub struct Args {
     inputs: Vec<PathBuf>,
     #[command(flatten)]
     model: ModelArgs,
+    #[command(flatten)]
+    plan: PlanArgs,
     /// The data set the weights were trained on: fashion-mnist, mnist, cifar10 or cifar100.
     /// Sets input size, grey or RGB, normalisation and class names; required for the
     /// CIFAR-style nets. CIFAR-100's names come from --labels (its fine_label_names.txt).
@@ -96,6 +98,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let items = expand_inputs(&args.inputs)?;
     let loaded = load_model(&args.model, dataset.as_ref())?;
     let classes = loaded.model.config.num_classes;
+    // The compiled inference plan: BN folded, weights packed once, fused epilogues.
+    let prep = loaded.prep;
+    let model = loaded.model.into_compiled_with(args.plan.options());
     let names = match (&args.labels, &dataset) {
         (Some(p), _) => Some(read_labels(p, classes)?),
         (None, Some(d)) if d.num_classes != classes => anyhow::bail!(
@@ -128,8 +133,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let mut results = Vec::with_capacity(items.len());
     for range in batch_ranges(&items, args.batch) {
         let batch = &items[range];
-        let x = load_batch(batch, &loaded.prep, args.max_pixels)?;
-        let logits = loaded.model.forward(&x)?;
+        let x = load_batch(batch, &prep, args.max_pixels)?;
+        let logits = model.forward(&x)?;
         let probs = softmax_rows(&logits.data, classes);
         for (item, row) in batch.iter().zip(probs.chunks(classes)) {
             let predictions = top_k(row, args.top)

@@ -9,7 +9,7 @@ use resnet_core::weights::{StateDict, StoredTensor};
 use resnet_data::write_npy_f32;
 
 use crate::inputs::{batch_ranges, expand_inputs, load_batch, progress_bar};
-use crate::model_source::{load_model, ModelArgs};
+use crate::model_source::{load_model, ModelArgs, PlanArgs};
 use crate::preprocessing::DatasetPreset;
 
 /// Extract embeddings or feature maps to .npy or .safetensors.
@@ -30,6 +30,8 @@ pub struct Args {
     inputs: Vec<PathBuf>,
     #[command(flatten)]
     model: ModelArgs,
+    #[command(flatten)]
+    plan: PlanArgs,
     /// The data set the weights were trained on (fashion-mnist, mnist, cifar10, cifar100):
     /// its input size, grey or RGB, and normalisation. Required for the CIFAR-style nets.
     #[arg(long, value_name = "NAME")]
@@ -65,13 +67,16 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let dataset = args.dataset.as_deref().map(DatasetPreset::parse).transpose()?;
     let items = expand_inputs(&args.inputs)?;
     let loaded = load_model(&args.model, dataset.as_ref())?;
+    // The compiled inference plan: BN folded, weights packed once, fused epilogues.
+    let prep = loaded.prep;
+    let model = loaded.model.into_compiled_with(args.plan.options());
     let bar = progress_bar(items.len(), "embed");
     let mut row_shape: Option<Vec<usize>> = None;
     let mut data = Vec::new();
     for range in batch_ranges(&items, args.batch) {
         let batch = &items[range.clone()];
-        let x = load_batch(batch, &loaded.prep, args.max_pixels)?;
-        let mut f = loaded.model.forward_features(&x, layer)?;
+        let x = load_batch(batch, &prep, args.max_pixels)?;
+        let mut f = model.forward_features(&x, layer)?;
         let (shape, values) = match layer {
             FeatureLayer::Logits => f.logits.map(|t| (t.shape[1..].to_vec(), t.data)),
             FeatureLayer::Pool => f.pool.map(|t| (t.shape[1..].to_vec(), t.data)),
