@@ -232,6 +232,21 @@ pub(crate) fn packed_matmul_serial(a: Lhs<'_>, m: usize, b: &PackedMatrix, out: 
     }
 }
 
+/// Rows per parallel tile for `m` rows on `threads` threads: whole micro-tiles ([`MR`]), at
+/// most `MAX_TILE_ROWS`. A short `M` (batch-1 layers: 196 rows at 14x14) gets one tile per
+/// thread, rounded down to whole micro-tiles, plus a small tile of what is left (96 + 96 + 4
+/// for 196 rows, where rounding up gave 60 + 60 + 60 + 16: 120 rows on one thread, 76 on
+/// the other); a long one at least two tiles per thread, so work stealing evens out
+/// uneven progress.
+fn tile_rows_for(m: usize, threads: usize) -> usize {
+    let per_thread = m.div_ceil(threads.max(1));
+    if per_thread <= MAX_TILE_ROWS {
+        (per_thread / MR * MR).max(MR)
+    } else {
+        m.div_ceil(2 * threads).next_multiple_of(MR).clamp(MR, MAX_TILE_ROWS)
+    }
+}
+
 /// Splits `out[M, N]` into tiles of whole rows (multiples of [`MR`], at least two per thread
 /// when `M` allows, at most `MAX_TILE_ROWS`) and runs `f(first_row, rows, out_tile,
 /// epilogue)` on each in parallel; the epilogue's residual is cut to the tile's rows.
@@ -239,8 +254,7 @@ pub(crate) fn for_each_row_tile<F>(m: usize, n: usize, out: &mut [f32], e: &Pack
 where
     F: Fn(usize, usize, &mut [f32], &PackedEpilogue<'_>) + Sync,
 {
-    let threads = super::current_threads();
-    let tile_rows = m.div_ceil(2 * threads).next_multiple_of(MR).clamp(MR, MAX_TILE_ROWS);
+    let tile_rows = tile_rows_for(m, super::current_threads());
     out.par_chunks_mut(tile_rows * n).enumerate().for_each(|(t, out_tile)| {
         let row0 = t * tile_rows;
         let rows = out_tile.len() / n;
@@ -680,6 +694,16 @@ mod tests {
                 assert!((got - want).abs() <= 1e-4 + 1e-5 * want.abs(), "{path:?}: {got} vs {want}");
             }
         }
+    }
+
+    #[test]
+    fn short_row_counts_split_evenly_across_threads() {
+        assert_eq!(tile_rows_for(196, 2), 96, "96 + 96 + 4");
+        assert_eq!(tile_rows_for(49, 2), 24, "24 + 24 + 1");
+        assert_eq!(tile_rows_for(5, 2), 12);
+        assert_eq!(tile_rows_for(3136, 2), MAX_TILE_ROWS);
+        assert_eq!(tile_rows_for(784, 2), 192);
+        assert_eq!(tile_rows_for(0, 2), 12);
     }
 
     #[test]
