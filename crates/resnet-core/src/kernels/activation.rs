@@ -6,6 +6,7 @@
 
 use rayon::prelude::*;
 
+use super::buffers::take_buffer;
 use crate::tensor::Tensor;
 
 /// `max(x, 0)` elementwise; NaN stays NaN, as in PyTorch.
@@ -28,7 +29,9 @@ pub fn relu_in_place(x: &mut Tensor) {
 /// Panics when the shapes differ (a caller bug).
 pub fn relu_backward(grad_output: &Tensor, output: &Tensor) -> Tensor {
     assert_eq!(grad_output.shape, output.shape, "ReLU gradient must have the output's shape");
-    let mut grad_input = Tensor::zeros(&output.shape);
+    // Written in full below.
+    let mut grad_input =
+        Tensor::from_vec(&output.shape, take_buffer(output.data.len())).unwrap_or_else(|| Tensor::zeros(&output.shape));
     grad_input.data.par_iter_mut().zip(&grad_output.data).zip(&output.data).for_each(|((d, &g), &y)| {
         *d = if y > 0.0 { g } else { 0.0 };
     });

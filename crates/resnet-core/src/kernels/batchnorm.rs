@@ -20,6 +20,7 @@
 
 use rayon::prelude::*;
 
+use super::buffers::take_buffer;
 use crate::tensor::Tensor;
 
 /// What the training-mode forward keeps for the backward and for the running statistics.
@@ -103,8 +104,10 @@ pub fn batch_norm_train_forward(
     });
     let inv_std: Vec<f64> = squared_deviations.iter().map(|s| 1.0 / (s / n as f64 + eps as f64).sqrt()).collect();
 
-    let mut x_hat = Tensor::zeros(&x.shape);
-    let mut y = Tensor::zeros(&x.shape);
+    // Both are written in full below, so reused buffers need no clearing.
+    let fresh = || Tensor::from_vec(&x.shape, take_buffer(x.data.len())).unwrap_or_else(|| Tensor::zeros(&x.shape));
+    let mut x_hat = fresh();
+    let mut y = fresh();
     let block = ROWS_PER_BLOCK * c;
     x_hat.data.par_chunks_mut(block).zip(y.data.par_chunks_mut(block)).zip(x.data.par_chunks(block)).for_each(
         |((x_hat_rows, y_rows), x_rows)| {
@@ -208,7 +211,9 @@ fn backward_with(saved: &BatchNormSaved, gamma: &[f32], grad: &[f32], relu_outpu
     let scale: Vec<f32> = (0..c).map(|ch| gamma[ch] * saved.inv_std[ch]).collect();
     let mean_grad: Vec<f32> = grad_beta.iter().map(|s| (s / n as f64) as f32).collect();
     let mean_grad_x_hat: Vec<f32> = grad_gamma.iter().map(|s| (s / n as f64) as f32).collect();
-    let mut grad_input = Tensor::zeros(&x_hat.shape);
+    // Written in full below (every row, every channel).
+    let mut grad_input =
+        Tensor::from_vec(&x_hat.shape, take_buffer(x_hat.data.len())).unwrap_or_else(|| Tensor::zeros(&x_hat.shape));
     if c > 0 {
         let block = ROWS_PER_BLOCK * c;
         grad_input.data.par_chunks_mut(block).zip(x_hat.data.par_chunks(block)).enumerate().for_each(

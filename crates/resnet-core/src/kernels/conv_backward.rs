@@ -13,6 +13,7 @@
 
 use rayon::prelude::*;
 
+use super::buffers::take_buffer;
 use super::conv::{im2col_nhwc, im2col_rows, valid_taps, Conv2dGeometry};
 use super::matmul::{matmul, MatMul};
 use super::packed_gemm::{
@@ -85,16 +86,21 @@ fn backward_input_chunked(
     let (n, oh, ow) = check_shapes(grad_out, geom, (h, w));
     assert_eq!(weight.len(), geom.weight_len());
     let (c_in, c_out) = (geom.in_channels, geom.out_channels);
-    let mut grad_input = Tensor::zeros(&[n, h, w, c_in]);
-    if grad_input.is_empty() || grad_out.is_empty() {
-        return grad_input;
+    let shape = [n, h, w, c_in];
+    if shape.iter().product::<usize>() == 0 || grad_out.is_empty() {
+        return Tensor::zeros(&shape);
     }
     if is_pointwise_stride1(geom) {
-        // grad_input[M, C_in] = grad_out[M, C_out] · W[C_out, C_in]: no patches at all.
+        // grad_input[M, C_in] = grad_out[M, C_out] · W[C_out, C_in]: no patches at all. The
+        // product overwrites every value, so a reused buffer needs no clearing.
+        let mut grad_input =
+            Tensor::from_vec(&shape, take_buffer(n * h * w * c_in)).unwrap_or_else(|| Tensor::zeros(&shape));
         let packed = PackedMatrix::from_kn(weight, c_out, c_in);
         packed_matmul(&grad_out.data, n * h * w, c_out, &packed, &mut grad_input.data, &PackedEpilogue::default());
         return grad_input;
     }
+    // col2im adds into it: zeros.
+    let mut grad_input = Tensor::zeros(&shape);
     // One group: W read as [C_out, K] is the right operand of every chunk's product.
     let packed = (geom.groups == 1).then(|| PackedMatrix::from_kn(weight, c_out, geom.filter_len()));
     // Chunks hold whole images, so col2im finds every patch that read a pixel in the chunk.

@@ -20,6 +20,7 @@ use crate::kernels::batchnorm::{
     batch_norm_backward, batch_norm_relu_backward, batch_norm_train_forward, update_running_stats, BatchNormError,
     BatchNormSaved,
 };
+use crate::kernels::buffers::recycle;
 use crate::kernels::conv::apply_epilogue;
 use crate::kernels::conv_backward::{conv2d_nhwc_backward_input, conv2d_nhwc_backward_weight};
 use crate::kernels::linear::{linear_backward, linear_forward};
@@ -95,13 +96,24 @@ impl ConvBn {
         let gamma = &self.bn.weight.data;
         let (bn, grad_residual) = match (&cache.output, cache.had_residual) {
             // No residual: ReLU and BN backward in one pass, no masked copy.
-            (Some(out), false) => (batch_norm_relu_backward(&grad_out, out, &cache.bn, gamma), None),
+            (Some(out), false) => {
+                let bn = batch_norm_relu_backward(&grad_out, out, &cache.bn, gamma);
+                recycle(grad_out);
+                (bn, None)
+            }
             (Some(out), true) => {
                 let grad_y = relu_backward(&grad_out, out);
+                recycle(grad_out);
                 (batch_norm_backward(&grad_y, &cache.bn, gamma), Some(grad_y))
             }
             (None, had_residual) => {
-                (batch_norm_backward(&grad_out, &cache.bn, gamma), had_residual.then_some(grad_out))
+                let bn = batch_norm_backward(&grad_out, &cache.bn, gamma);
+                if had_residual {
+                    (bn, Some(grad_out))
+                } else {
+                    recycle(grad_out);
+                    (bn, None)
+                }
             }
         };
         self.bn.weight.accumulate_grad(&bn.grad_gamma);
@@ -112,6 +124,16 @@ impl ConvBn {
         let hw = (cache.input.shape[1], cache.input.shape[2]);
         let grad_x =
             input_gradient.then(|| conv2d_nhwc_backward_input(&bn.grad_input, &self.conv.weight.data, geom, hw));
+        // What this unit kept, and its gradients, are done with: their buffers serve the
+        // tensors still to come (and the next step's), instead of fresh zeroed memory.
+        recycle(bn.grad_input);
+        let ConvBnCache { input, bn: saved, output, .. } = cache;
+        recycle(saved.x_hat);
+        for shared in [Some(input), output].into_iter().flatten() {
+            if let Ok(t) = Arc::try_unwrap(shared) {
+                recycle(t);
+            }
+        }
         (grad_x, grad_residual)
     }
 }
