@@ -248,9 +248,8 @@ fn backward_weight_chunked(
         return weight_gradient_split_over_pixels(input, grad_out, geom, (oh, ow));
     }
     if is_pointwise_stride1(geom) {
-        // grad_Wᵀ[C_in, C_out] = inputᵀ · grad_out: the input read transposed in place.
-        let lhs = Lhs { data: &input.data, row_stride: 1, col_stride: c_in };
-        weight_gradient_packed(lhs, c_in, &grad_out.data, c_out, false, &mut grad_weight);
+        // grad_W[C_out, C_in] = grad_outᵀ · input: the input is the patch matrix.
+        weight_gradient_outer(&grad_out.data, c_out, &input.data, c_in, false, &mut grad_weight);
         return grad_weight;
     }
     let chunk_rows = (max_patch_floats / (geom.groups * k_group).max(1)).max(1);
@@ -262,10 +261,9 @@ fn backward_weight_chunked(
             patches.resize(geom.groups * chunk * k_group, 0.0);
             if geom.groups == 1 {
                 im2col_nhwc(input, geom, (oh, ow), 0, first_row, patches);
-                // grad_Wᵀ[K, C_out] += patchesᵀ · grad_out, the patches read transposed in place.
-                let lhs = Lhs { data: patches, row_stride: 1, col_stride: k_group };
+                // grad_W[C_out, K] += grad_outᵀ · patches.
                 let grad_rows = &grad_out.data[first_row * c_out..(first_row + chunk) * c_out];
-                weight_gradient_packed(lhs, k_group, grad_rows, c_out, first_row > 0, &mut grad_weight);
+                weight_gradient_outer(grad_rows, c_out, patches, k_group, first_row > 0, &mut grad_weight);
             } else {
                 // Groups own disjoint filter rows (OHWI keeps a group's filters contiguous).
                 grad_weight
@@ -342,27 +340,23 @@ fn weight_gradient_split_over_pixels(
     grad_weight
 }
 
-/// `grad_weight[C_out, K] (+)= (lhs[K, rows] · grad_rows[rows, C_out])ᵀ`: the product is
-/// formed as `[K, C_out]` (K is the long side the micro-kernel splits into row tiles) and
-/// transposed into the OHWI layout.
-fn weight_gradient_packed(
-    lhs: Lhs<'_>,
-    k: usize,
+/// `grad_weight[C_out, K] (+)= grad_rowsᵀ[C_out, rows] · patches[rows, K]`, the OHWI layout
+/// directly. The gradient is the left operand, read transposed in place (a row of the
+/// micro-tile is one output channel, consecutive in memory for each pixel); the patches
+/// are packed into panels of K, streamed once per tile of output channels.
+fn weight_gradient_outer(
     grad_rows: &[f32],
     c_out: usize,
+    patches: &[f32],
+    k: usize,
     accumulate: bool,
     grad_weight: &mut [f32],
 ) {
     let rows = grad_rows.len() / c_out.max(1);
-    let packed = PackedMatrix::from_kn(grad_rows, rows, c_out);
-    let mut transposed = vec![0.0f32; k * c_out];
-    packed_matmul_strided(lhs, k, &packed, &mut transposed, &PackedEpilogue::default());
-    for (o, dst) in grad_weight.chunks_mut(k.max(1)).enumerate() {
-        for (kk, d) in dst.iter_mut().enumerate() {
-            let v = transposed[kk * c_out + o];
-            *d = if accumulate { *d + v } else { v };
-        }
-    }
+    let packed = PackedMatrix::from_kn(&patches[..rows * k], rows, k);
+    let lhs = Lhs { data: grad_rows, row_stride: 1, col_stride: c_out };
+    let e = PackedEpilogue { accumulate, ..PackedEpilogue::default() };
+    packed_matmul_strided(lhs, c_out, &packed, grad_weight, &e);
 }
 
 #[cfg(test)]
