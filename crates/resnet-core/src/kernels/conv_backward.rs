@@ -15,6 +15,7 @@ use rayon::prelude::*;
 
 use super::buffers::take_buffer;
 use super::conv::{im2col_nhwc, im2col_rows, valid_taps, Conv2dGeometry};
+use super::conv_packed::{conv2d_nhwc_packed, PackedRhs};
 use super::matmul::{matmul, MatMul};
 use super::packed_gemm::{
     packed_matmul, packed_matmul_serial, packed_matmul_strided, Lhs, PackedEpilogue, PackedMatrix,
@@ -48,7 +49,44 @@ pub fn conv2d_nhwc_backward_input(
     geom: &Conv2dGeometry,
     input_hw: (usize, usize),
 ) -> Tensor {
+    if is_same_size_stride1(geom) && grad_out.shape.len() == 4 && (grad_out.shape[1], grad_out.shape[2]) == input_hw {
+        return backward_input_as_convolution(grad_out, weight, geom);
+    }
     backward_input_chunked(grad_out, weight, geom, input_hw, MAX_PATCH_FLOATS)
+}
+
+/// A stride-1, ungrouped, square convolution whose padding keeps the size (3x3 pad 1):
+/// its input gradient is itself such a convolution (see [`backward_input_as_convolution`]).
+fn is_same_size_stride1(geom: &Conv2dGeometry) -> bool {
+    geom.stride == 1
+        && geom.groups == 1
+        && geom.kernel_h == geom.kernel_w
+        && geom.kernel_h > 1
+        && 2 * geom.padding + 1 == geom.kernel_h
+}
+
+/// `∂L/∂x = conv(∂L/∂y, W')` with the filters rotated by 180° and input and output channels
+/// swapped, `W'[c_in][ky][kx][c_out] = W[c_out][k−1−ky][k−1−kx][c_in]`, same padding: each
+/// input pixel gathers what it contributed to, so the forward kernel (patches built per
+/// tile in cache, every output written once) replaces the patch-gradient matrix and the
+/// col2im scatter, which wrote and re-read 9 values per input value.
+fn backward_input_as_convolution(grad_out: &Tensor, weight: &[f32], geom: &Conv2dGeometry) -> Tensor {
+    let (k, c_in, c_out) = (geom.kernel_h, geom.in_channels, geom.out_channels);
+    assert_eq!(weight.len(), geom.weight_len());
+    let mut rotated = vec![0.0f32; weight.len()];
+    for ci in 0..c_in {
+        for ky in 0..k {
+            for kx in 0..k {
+                for co in 0..c_out {
+                    rotated[((ci * k + ky) * k + kx) * c_out + co] =
+                        weight[((co * k + (k - 1 - ky)) * k + (k - 1 - kx)) * c_in + ci];
+                }
+            }
+        }
+    }
+    let transposed = Conv2dGeometry { in_channels: c_out, out_channels: c_in, ..*geom };
+    let packed = PackedMatrix::from_rows(&rotated, c_in, transposed.filter_len(), None);
+    conv2d_nhwc_packed(grad_out, &transposed, PackedRhs::F32(&packed), None, None, false)
 }
 
 /// `∂L/∂weight` (OHWI, `geom.weight_len()` values) from the forward's `input`
@@ -439,6 +477,8 @@ mod tests {
                 random_values(&mut rng, n * oh * ow * geom.out_channels, -1.0, 1.0),
             )
             .unwrap();
+            // The public entry (a convolution with rotated filters for 3x3 stride 1) against
+            // the patch-gradient + col2im path.
             let whole_x = conv2d_nhwc_backward_input(&grad_out, &weight, &geom, (h, w));
             let whole_w = conv2d_nhwc_backward_weight(&input, &grad_out, &geom);
             // Budgets of one patch row and of about two images.
