@@ -40,8 +40,8 @@ fn main() {
     let (oh, ow) = geom.output_hw(h, h);
     let g = Tensor::from_vec(&[n, oh, ow, c_out], seeded_values(3, n * oh * ow * c_out, -1.0, 1.0)).expect("shape");
     let gflop = 2.0 * (n * oh * ow * c_out * geom.filter_len()) as f64 / 1e9;
-    let fwd = median_ms(|| drop(conv2d_nhwc(&x, &weight, &geom, &Epilogue::default())));
     let bwd_in = median_ms(|| drop(conv2d_nhwc_backward_input(&g, &weight, &geom, (h, h))));
+    let fwd = median_ms(|| drop(conv2d_nhwc(&x, &weight, &geom, &Epilogue::default())));
     let bwd_w = median_ms(|| drop(conv2d_nhwc_backward_weight(&x, &g, &geom)));
     for (name, ms) in [("forward", fwd), ("backward input", bwd_in), ("backward weight", bwd_w)] {
         println!("{name:>16}: {ms:7.2} ms  {:6.1} GFLOP/s", gflop / ms * 1e3);
