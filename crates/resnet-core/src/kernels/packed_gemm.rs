@@ -303,6 +303,40 @@ fn apply_epilogue_rows(out: &mut [f32], n: usize, e: &PackedEpilogue<'_>) {
     }
 }
 
+/// `$kernel::<ROWS, REGS>($block)` for `ROWS = $rows` (1 to [`MR`]) and `REGS` 2 when
+/// `$two_registers`, else 1: the const-generic micro-kernels (f32 and bf16) chosen at run time.
+macro_rules! micro_kernel_for {
+    ($kernel:ident, $rows:expr, $two_registers:expr, $block:expr) => {
+        match ($rows, $two_registers) {
+            (12, true) => $kernel::<12, 2>($block),
+            (11, true) => $kernel::<11, 2>($block),
+            (10, true) => $kernel::<10, 2>($block),
+            (9, true) => $kernel::<9, 2>($block),
+            (8, true) => $kernel::<8, 2>($block),
+            (7, true) => $kernel::<7, 2>($block),
+            (6, true) => $kernel::<6, 2>($block),
+            (5, true) => $kernel::<5, 2>($block),
+            (4, true) => $kernel::<4, 2>($block),
+            (3, true) => $kernel::<3, 2>($block),
+            (2, true) => $kernel::<2, 2>($block),
+            (_, true) => $kernel::<1, 2>($block),
+            (12, false) => $kernel::<12, 1>($block),
+            (11, false) => $kernel::<11, 1>($block),
+            (10, false) => $kernel::<10, 1>($block),
+            (9, false) => $kernel::<9, 1>($block),
+            (8, false) => $kernel::<8, 1>($block),
+            (7, false) => $kernel::<7, 1>($block),
+            (6, false) => $kernel::<6, 1>($block),
+            (5, false) => $kernel::<5, 1>($block),
+            (4, false) => $kernel::<4, 1>($block),
+            (3, false) => $kernel::<3, 1>($block),
+            (2, false) => $kernel::<2, 1>($block),
+            (_, false) => $kernel::<1, 1>($block),
+        }
+    };
+}
+pub(crate) use micro_kernel_for;
+
 #[cfg(target_arch = "x86_64")]
 pub(super) mod avx512 {
     use std::arch::x86_64::*;
@@ -427,33 +461,9 @@ pub(super) mod avx512 {
     /// # Safety
     /// The CPU supports AVX-512F and `block.check(mr)` passed.
     unsafe fn dispatch(mr: usize, block: &mut Block<'_>) {
-        macro_rules! by_rows {
-            ($regs:literal) => {
-                match mr {
-                    12 => kernel::<12, $regs>(block),
-                    11 => kernel::<11, $regs>(block),
-                    10 => kernel::<10, $regs>(block),
-                    9 => kernel::<9, $regs>(block),
-                    8 => kernel::<8, $regs>(block),
-                    7 => kernel::<7, $regs>(block),
-                    6 => kernel::<6, $regs>(block),
-                    5 => kernel::<5, $regs>(block),
-                    4 => kernel::<4, $regs>(block),
-                    3 => kernel::<3, $regs>(block),
-                    2 => kernel::<2, $regs>(block),
-                    _ => kernel::<1, $regs>(block),
-                }
-            };
-        }
         // SAFETY (each arm): forwarded from this function's contract; `REGS = 1` only when
         // the panel has at most 16 columns, which is all that kernel reads and writes.
-        unsafe {
-            if block.dest.cols > 16 {
-                by_rows!(2)
-            } else {
-                by_rows!(1)
-            }
-        }
+        unsafe { micro_kernel_for!(kernel, mr, block.dest.cols > 16, block) }
     }
 
     /// Lane masks of the `cols` valid columns, per 16-column register.

@@ -270,7 +270,7 @@ mod avx512_bf16 {
     use std::arch::x86_64::*;
 
     use super::super::packed_gemm::avx512::{initial_sums, store_sums, Destination};
-    use super::super::packed_gemm::{PackedEpilogue, MR, NR};
+    use super::super::packed_gemm::{micro_kernel_for, PackedEpilogue, MR, NR};
 
     /// Pairs of `K` per block: a block of one panel is `KC_PAIRS × NR × 4` bytes = 32 KiB.
     const KC_PAIRS: usize = 256;
@@ -364,33 +364,9 @@ mod avx512_bf16 {
     /// # Safety
     /// The CPU supports AVX-512F and AVX512-BF16, and `block.check(mr)` passed.
     unsafe fn dispatch(mr: usize, block: &mut Block<'_>) {
-        macro_rules! by_rows {
-            ($regs:literal) => {
-                match mr {
-                    12 => kernel::<12, $regs>(block),
-                    11 => kernel::<11, $regs>(block),
-                    10 => kernel::<10, $regs>(block),
-                    9 => kernel::<9, $regs>(block),
-                    8 => kernel::<8, $regs>(block),
-                    7 => kernel::<7, $regs>(block),
-                    6 => kernel::<6, $regs>(block),
-                    5 => kernel::<5, $regs>(block),
-                    4 => kernel::<4, $regs>(block),
-                    3 => kernel::<3, $regs>(block),
-                    2 => kernel::<2, $regs>(block),
-                    _ => kernel::<1, $regs>(block),
-                }
-            };
-        }
         // SAFETY (each arm): forwarded from this function's contract; `REGS = 1` only when
         // the panel has at most 16 columns, which is all that kernel reads and writes.
-        unsafe {
-            if block.dest.cols > 16 {
-                by_rows!(2)
-            } else {
-                by_rows!(1)
-            }
-        }
+        unsafe { micro_kernel_for!(kernel, mr, block.dest.cols > 16, block) }
     }
 
     /// `ROWS × 16·REGS` f32 sums in registers; each step broadcasts one bf16 pair of each
