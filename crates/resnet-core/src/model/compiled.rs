@@ -188,7 +188,9 @@ impl CompiledResNet {
         let stem = |x: &Tensor| {
             let h = self.stem.forward(x, None, true);
             if self.config.stem == Stem::ImageNet {
-                max_pool2d_nhwc(&h, 3, 2, 1)
+                let pooled = max_pool2d_nhwc(&h, 3, 2, 1);
+                recycle(h);
+                pooled
             } else {
                 h
             }
@@ -216,6 +218,8 @@ impl CompiledResNet {
                         shapes[s] = h.shape.clone();
                     }
                 }
+                // Copied out: the buffer serves the next image.
+                recycle(h);
             }
             let mut outputs: Vec<Tensor> = gathered
                 .into_iter()
