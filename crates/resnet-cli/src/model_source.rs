@@ -47,7 +47,7 @@ pub struct ModelArgs {
 pub struct PlanArgs {
     /// Number format of the convolutions' multiplies: fp32, or bf16 (weights and each
     /// layer's input rounded to bfloat16, sums in f32; AVX512-BF16's vdpbf16ps where the CPU
-    /// has it, about 1.6x fp32's speed, logits within ~0.5% of fp32's; a slow emulation
+    /// has it, about 1.5x fp32's speed, logits within ~0.5% of fp32's; a slow emulation
     /// elsewhere).
     #[arg(long, value_enum, default_value_t = PrecisionArg::Fp32)]
     pub precision: PrecisionArg,
