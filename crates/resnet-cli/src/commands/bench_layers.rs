@@ -114,6 +114,17 @@ struct LayerRecord {
     ms_median: f64,
     gflops: f64,
     share_of_peak: f64,
+    /// For Winograd and bf16 passes: the largest difference from the direct f32
+    /// convolution, relative to the largest output value.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error_vs_direct_f32: Option<f64>,
+}
+
+/// `max |got − reference| / max |reference|`.
+fn relative_error(got: &Tensor, reference: &Tensor) -> f64 {
+    let peak = reference.data.iter().fold(0.0f64, |m, &v| m.max(f64::from(v).abs())).max(f64::MIN_POSITIVE);
+    let err = got.data.iter().zip(&reference.data).fold(0.0f64, |m, (&a, &b)| m.max(f64::from(a - b).abs()));
+    err / peak
 }
 
 /// `resnet bench --layers`: every distinct conv shape of `arch` at `side`, batch `batch`:
@@ -143,8 +154,8 @@ pub fn run_layers(
             peak.isa.name()
         ))?;
         emit(format!(
-            "{:<34} {:>5} {:<22} {:<18} {:>9} {:>9} {:>6}",
-            "conv (C_in→C_out k/s, input)", "count", "first layer", "pass", "ms", "GFLOP/s", "% peak"
+            "{:<34} {:>5} {:<22} {:<18} {:>9} {:>9} {:>6} {:>9}",
+            "conv (C_in→C_out k/s, input)", "count", "first layer", "pass", "ms", "GFLOP/s", "% peak", "error"
         ))?;
     }
     let mut totals: BTreeMap<&'static str, f64> = BTreeMap::new();
@@ -160,15 +171,27 @@ pub fn run_layers(
         // plain one, whose weights change every step.
         let ones = vec![1.0; g.out_channels];
         let packed = PackedConv::with_precision(*g, &weight, &ones, vec![0.0; g.out_channels], precision);
-        let mut passes: Vec<(&'static str, f64)> = if train {
-            vec![("forward", median_ms(iters, || drop(conv2d_nhwc(&input, &weight, g, &Epilogue::default()))))]
+        let mut passes: Vec<(&'static str, f64, Option<f64>)> = if train {
+            vec![("forward", median_ms(iters, || drop(conv2d_nhwc(&input, &weight, g, &Epilogue::default()))), None)]
         } else {
+            // Accuracy of the faster forms against the direct f32 convolution, on these inputs.
+            let direct = (precision == Precision::Bf16 || winograd::fits(g))
+                .then(|| PackedConv::new(*g, &weight, &ones, vec![0.0; g.out_channels]).forward(&input, None, true));
             let pass = if precision == Precision::Bf16 { "forward (bf16)" } else { "forward (compiled)" };
-            let mut passes = vec![(pass, median_ms(iters, || drop(packed.forward(&input, None, true))))];
-            if precision == Precision::F32 && winograd::fits(g) {
+            let error = match (&direct, precision) {
+                (Some(d), Precision::Bf16) => Some(relative_error(&packed.forward(&input, None, true), d)),
+                _ => None,
+            };
+            let mut passes = vec![(pass, median_ms(iters, || drop(packed.forward(&input, None, true))), error)];
+            if let (Precision::F32, true, Some(d)) = (precision, winograd::fits(g), &direct) {
                 // Same layer by F(4x4, 3x3); its GFLOP/s count direct convolution's multiplies.
                 let conv = WinogradConv::new(&weight, g.in_channels, g.out_channels, &ones, vec![0.0; g.out_channels]);
-                passes.push(("forward (winograd)", median_ms(iters, || drop(conv.forward(&input, None, true)))));
+                let error = relative_error(&conv.forward(&input, None, true), d);
+                passes.push((
+                    "forward (winograd)",
+                    median_ms(iters, || drop(conv.forward(&input, None, true))),
+                    Some(error),
+                ));
             }
             passes
         };
@@ -176,10 +199,12 @@ pub fn run_layers(
             passes.push((
                 "backward input",
                 median_ms(iters, || drop(conv2d_nhwc_backward_input(&grad_out, &weight, g, (h, w)))),
+                None,
             ));
             passes.push((
                 "backward weight",
                 median_ms(iters, || drop(conv2d_nhwc_backward_weight(&input, &grad_out, g))),
+                None,
             ));
         }
         let label = format!(
@@ -193,7 +218,7 @@ pub fn run_layers(
             h,
             w
         );
-        for (pass, ms) in passes {
+        for (pass, ms, error) in passes {
             let gflops = gflop / ms * 1e3;
             *totals.entry(pass).or_default() += ms * shape.layers.len() as f64;
             let record = LayerRecord {
@@ -206,19 +231,21 @@ pub fn run_layers(
                 ms_median: ms,
                 gflops,
                 share_of_peak: gflops / peak.gflops,
+                error_vs_direct_f32: error,
             };
             emit(if json {
                 serde_json::to_string(&record)?
             } else {
                 format!(
-                    "{:<34} {:>5} {:<22} {:<18} {:>9.2} {:>9.1} {:>5.0}%",
+                    "{:<34} {:>5} {:<22} {:<18} {:>9.2} {:>9.1} {:>5.0}% {:>9}",
                     record.shape,
                     record.count,
                     record.first_layer,
                     pass,
                     ms,
                     gflops,
-                    100.0 * record.share_of_peak
+                    100.0 * record.share_of_peak,
+                    error.map_or(String::new(), |e| format!("{e:.1e}"))
                 )
             })?;
         }

@@ -29,14 +29,22 @@ pub struct CompileOptions {
     pub precision: Precision,
     /// Compute f32 3x3 stride-1 convolutions by Winograd F(4x4, 3x3)
     /// ([`super::winograd`]): about 2x faster on ResNet-50's, with rounding errors ~2e-6 of
-    /// each layer's largest output instead of ~1e-7. Layers with more than
-    /// [`WINOGRAD_MAX_CHANNELS_PRODUCT`] input x output channels stay direct: their transformed
-    /// filters (4x the weights) would cost more memory than the time is worth.
+    /// each layer's largest output instead of ~1e-7. Only where it wins: layers with fewer
+    /// than [`WINOGRAD_MIN_CHANNELS`] channels on either side stay direct (the transforms
+    /// outweigh the saved multiplies: 16 channels ran 2-3x slower), and so do layers with more
+    /// than [`WINOGRAD_MAX_CHANNELS_PRODUCT`] input x output channels (their transformed
+    /// filters, 4x the weights, would cost more memory than the time is worth).
     pub winograd: bool,
 }
 
 /// Largest `C_in · C_out` computed by Winograd (256 x 256: 9.4 MB of transformed filters).
 pub const WINOGRAD_MAX_CHANNELS_PRODUCT: usize = 256 * 256;
+
+/// Fewest input and output channels computed by Winograd. Measured (`resnet bench --layers`,
+/// 2 threads): CIFAR ResNet-20's 16-channel layers at 32x32 took 0.17 ms against 0.05 direct
+/// at batch 1 and 4.8 against 2.6 at batch 64; 64 channels win from batch 2 up (ResNet-50's
+/// 64-channel layer1: 0.63 against 1.6 ms at batch 1).
+pub const WINOGRAD_MIN_CHANNELS: usize = 64;
 
 impl Default for CompileOptions {
     fn default() -> Self {
@@ -140,6 +148,7 @@ impl PackedConv {
         let winograd = options.winograd
             && options.precision == Precision::F32
             && winograd::fits(&geometry)
+            && c_in.min(c_out) >= WINOGRAD_MIN_CHANNELS
             && c_in * c_out <= WINOGRAD_MAX_CHANNELS_PRODUCT;
         if winograd {
             // The bias (BN's shift) is applied by the output transform.
