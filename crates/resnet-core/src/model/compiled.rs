@@ -26,6 +26,10 @@ use crate::tensor::Tensor;
 /// which takes in ResNet-50's layer2 with its Winograd filters (10.9 MB) but not layer3.
 const PER_IMAGE_WEIGHT_BYTES: usize = 12 << 20;
 
+/// Smallest whole-batch activation of a stage that runs one image at a time: half a 32 MiB
+/// last-level cache (below it, the batch stays in cache anyway).
+const PER_IMAGE_BATCH_BYTES: usize = 16 << 20;
+
 enum CompiledShortcut {
     Identity,
     Projection(PackedConv),
@@ -42,6 +46,8 @@ struct CompiledBlock {
 pub struct CompiledResNet {
     pub config: ResNetConfig,
     precision: Precision,
+    /// Stages run one image at a time when set (else the rule of `per_image_stage_count`).
+    per_image_stages: Option<usize>,
     stem: PackedConv,
     stages: Vec<Vec<CompiledBlock>>,
     fc: PackedMatrix,
@@ -81,7 +87,7 @@ impl ResNet {
         let stem = compile_unit(stem, options);
         let stages = stages.into_iter().map(|s| s.into_iter().map(|b| compile_block(b, options)).collect()).collect();
         let packed_fc = PackedMatrix::from_rows(&fc.weight.data, fc.out_features, fc.in_features, None);
-        CompiledResNet { config, precision, stem, stages, fc: packed_fc, fc_bias: fc.bias.data }
+        CompiledResNet { config, precision, per_image_stages: None, stem, stages, fc: packed_fc, fc_bias: fc.bias.data }
     }
 
     /// Compiles a copy with the default options, keeping this network (for training or
@@ -128,6 +134,13 @@ impl CompiledResNet {
         self.precision
     }
 
+    /// Runs the first `stages` stages (and the stem) one image at a time for every batch,
+    /// instead of choosing by weight and activation size; `None` restores the choice. The
+    /// results are the same either way; this is for tuning and tests.
+    pub fn set_per_image_stages(&mut self, stages: Option<usize>) {
+        self.per_image_stages = stages;
+    }
+
     /// Logits `[N, classes]` for NHWC input `[N, H, W, C]`.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor, ModelError> {
         self.config.check_input(x)?;
@@ -141,37 +154,52 @@ impl CompiledResNet {
         Ok(self.run(x, until, true))
     }
 
-    /// How many leading stages (with the stem) run one image at a time for a batch: those
-    /// whose packed weights are at most [`PER_IMAGE_WEIGHT_BYTES`]. There a whole batch's
-    /// activations (51 MB for ResNet-50's layer1 at batch 16) would stream through memory at
-    /// every layer, while one image's (3.2 MB) stays in cache, and the weights, small enough
-    /// to stay in the last-level cache, are cheap to read again per image. Deeper stages,
-    /// with large weights and small activations, run on the whole batch so their weights are
-    /// read once. `RESNET_PER_IMAGE_STAGES=k` overrides the count (to tune on another CPU).
+    /// How many leading stages (with the stem) run one image at a time for a batch of `x`'s
+    /// shape: those whose packed weights are at most [`PER_IMAGE_WEIGHT_BYTES`] and whose
+    /// largest activation, over the whole batch, is at least [`PER_IMAGE_BATCH_BYTES`]. There
+    /// a whole batch's activations (51 MB for ResNet-50's layer1 at batch 16) would stream
+    /// through memory at every layer, while one image's (3.2 MB) stays in cache, and the
+    /// weights, small enough to stay in the last-level cache, are cheap to read again per
+    /// image. Deeper stages, with large weights and small activations, run on the whole batch
+    /// so their weights are read once; so do small nets whose whole batch fits in cache (CIFAR
+    /// ResNet-20 at batch 64: 4 MB; one image at a time there was 1.6x slower).
+    /// `RESNET_PER_IMAGE_STAGES=k` overrides the count (to tune on another CPU).
     ///
     /// Measured for ResNet-50 at batch 16, 2 threads, 32 MiB L3 (images/s, fp32 / bf16):
     /// 0 stages 18.9 / 29.0, 1: 19.5 / 30.2, 2: 21.1 / 33.8, 3: 18.8 / 30.4, 4: 18.0 / 30.7.
-    fn per_image_stage_count(&self) -> usize {
-        if let Some(forced) = std::env::var("RESNET_PER_IMAGE_STAGES").ok().and_then(|v| v.parse().ok()) {
+    fn per_image_stage_count(&self, x: &Tensor) -> usize {
+        let from_env = || std::env::var("RESNET_PER_IMAGE_STAGES").ok().and_then(|v| v.parse().ok());
+        if let Some(forced) = self.per_image_stages.or_else(from_env) {
             return forced;
         }
-        self.stages
-            .iter()
-            .take_while(|stage| {
-                let weights: usize = stage
-                    .iter()
-                    .flat_map(|b| {
-                        let projection = match &b.shortcut {
-                            CompiledShortcut::Projection(d) => Some(d),
-                            _ => None,
-                        };
-                        b.convs.iter().chain(projection)
-                    })
-                    .map(|conv| conv.weight_bytes())
-                    .sum();
-                weights <= PER_IMAGE_WEIGHT_BYTES
-            })
-            .count()
+        let n = x.shape[0];
+        let (mut h, mut w) = self.stem.geometry.output_hw(x.shape[1], x.shape[2]);
+        if self.config.stem == Stem::ImageNet {
+            (h, w) = ((h + 2 - 3) / 2 + 1, (w + 2 - 3) / 2 + 1);
+        }
+        let mut count = 0;
+        for stage in &self.stages {
+            let mut weights = 0;
+            let mut largest_activation = 0;
+            for block in stage {
+                let block_input = (h, w);
+                for conv in &block.convs {
+                    weights += conv.weight_bytes();
+                    (h, w) = conv.geometry.output_hw(h, w);
+                    largest_activation = largest_activation.max(4 * h * w * conv.geometry.out_channels);
+                }
+                if let CompiledShortcut::Projection(d) = &block.shortcut {
+                    weights += d.weight_bytes();
+                    let (sh, sw) = d.geometry.output_hw(block_input.0, block_input.1);
+                    largest_activation = largest_activation.max(4 * sh * sw * d.geometry.out_channels);
+                }
+            }
+            if weights > PER_IMAGE_WEIGHT_BYTES || n * largest_activation < PER_IMAGE_BATCH_BYTES {
+                break;
+            }
+            count += 1;
+        }
+        count
     }
 
     /// The forward pass; stage outputs are kept only when `keep_layers` (copying them costs
@@ -180,7 +208,7 @@ impl CompiledResNet {
         let stage_layers = [FeatureLayer::Layer1, FeatureLayer::Layer2, FeatureLayer::Layer3, FeatureLayer::Layer4];
         let wanted_stage = stage_layers.iter().position(|&l| l == until);
         let n = x.shape[0];
-        let front = if n > 1 { self.per_image_stage_count().min(self.stages.len()) } else { 0 };
+        let front = if n > 1 { self.per_image_stage_count(x).min(self.stages.len()) } else { 0 };
         let mut features = Features::default();
 
         // The stem and the first `front` stages, one image at a time, each stage's outputs
@@ -287,29 +315,48 @@ mod tests {
                 Tensor::from_vec(&[2, side, side, channels], seeded_values(4, 2 * side * side * channels, -2.0, 2.0))
                     .unwrap();
             let expected = model.forward_features(&x, FeatureLayer::Logits).unwrap();
-            let compiled = model.compile();
-            let got = compiled.forward_features(&x, FeatureLayer::Logits).unwrap();
-            for (a, b) in [(&got.logits, &expected.logits), (&got.pool, &expected.pool)] {
-                let (a, b) = (a.as_ref().unwrap(), b.as_ref().unwrap());
-                let scale = b.data.iter().fold(0.0f32, |m, v| m.max(v.abs())).max(1.0);
-                for (x, y) in a.data.iter().zip(&b.data) {
-                    assert!((x - y).abs() <= 1e-4 * scale, "{arch}: {x} vs {y}");
+            let mut compiled = model.compile();
+            // Whole batches (what these small inputs get by default), the first stage one image
+            // at a time, and every stage one image at a time.
+            for per_image in [None, Some(1), Some(compiled.config.layers.len())] {
+                compiled.set_per_image_stages(per_image);
+                let case = format!("{arch}, per-image stages {per_image:?}");
+                let got = compiled.forward_features(&x, FeatureLayer::Logits).unwrap();
+                for (a, b) in [(&got.logits, &expected.logits), (&got.pool, &expected.pool)] {
+                    let (a, b) = (a.as_ref().unwrap(), b.as_ref().unwrap());
+                    let scale = b.data.iter().fold(0.0f32, |m, v| m.max(v.abs())).max(1.0);
+                    for (x, y) in a.data.iter().zip(&b.data) {
+                        assert!((x - y).abs() <= 1e-4 * scale, "{case}: {x} vs {y}");
+                    }
+                }
+                assert_eq!(got.layers.len(), expected.layers.len());
+                for (a, b) in got.layers.iter().zip(&expected.layers) {
+                    assert_eq!(a.shape, b.shape);
+                    let scale = b.data.iter().fold(0.0f32, |m, v| m.max(v.abs())).max(1.0);
+                    assert!(a.data.iter().zip(&b.data).all(|(x, y)| (x - y).abs() <= 1e-4 * scale), "{case}: stage");
+                }
+                // Stopping inside and after the stages that run one image at a time.
+                for (until, count) in [(FeatureLayer::Layer1, 1), (FeatureLayer::Layer2, 2), (FeatureLayer::Layer3, 3)]
+                {
+                    let partial = compiled.forward_features(&x, until).unwrap();
+                    assert_eq!(partial.layers.len(), count);
+                    assert!(partial.logits.is_none());
+                    assert_eq!(partial.layers[count - 1].data, got.layers[count - 1].data, "{case} {until:?}");
                 }
             }
-            assert_eq!(got.layers.len(), expected.layers.len());
-            for (a, b) in got.layers.iter().zip(&expected.layers) {
-                assert_eq!(a.shape, b.shape);
-                let scale = b.data.iter().fold(0.0f32, |m, v| m.max(v.abs())).max(1.0);
-                assert!(a.data.iter().zip(&b.data).all(|(x, y)| (x - y).abs() <= 1e-4 * scale), "{arch} stage");
-            }
-            // Stopping inside and after the stages that run one image at a time.
-            for (until, count) in [(FeatureLayer::Layer1, 1), (FeatureLayer::Layer2, 2), (FeatureLayer::Layer3, 3)] {
-                let partial = compiled.forward_features(&x, until).unwrap();
-                assert_eq!(partial.layers.len(), count);
-                assert!(partial.logits.is_none());
-                assert_eq!(partial.layers[count - 1].data, got.layers[count - 1].data, "{arch} {until:?}");
-            }
         }
+    }
+
+    /// ResNet-50 at 224x224 and batch 16 runs layer1 and layer2 one image at a time (their
+    /// batch activations are 51 and 26 MB, their weights at most 11 MB); one image never
+    /// splits; CIFAR ResNet-20 at batch 64 keeps whole batches (4 MB of activations).
+    #[test]
+    fn per_image_stages_follow_weights_and_batch_activations() {
+        let r50 = ResNet::from_name("resnet50", 1000).unwrap().into_compiled();
+        assert_eq!(r50.per_image_stage_count(&Tensor::zeros(&[16, 224, 224, 3])), 2);
+        assert_eq!(r50.per_image_stage_count(&Tensor::zeros(&[2, 224, 224, 3])), 0);
+        let r20 = ResNet::from_name("resnet20", 10).unwrap().into_compiled();
+        assert_eq!(r20.per_image_stage_count(&Tensor::zeros(&[64, 32, 32, 3])), 0);
     }
 
     #[test]
