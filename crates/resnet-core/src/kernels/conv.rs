@@ -208,10 +208,14 @@ pub(crate) fn im2col_rows(
         return;
     }
     let x = &input.data;
-    for (i, patch) in patches.chunks_mut(k).enumerate() {
-        let r = row0 + i;
-        let (b, rem) = (r / (oh * ow), r % (oh * ow));
-        let (oy, ox) = (rem / ow, rem % ow);
+    if oh * ow == 0 {
+        return;
+    }
+    // The output position of row `row0`, then stepped row by row (two divisions per row
+    // were a visible share of im2col for 16-channel layers).
+    let (mut b, rem) = (row0 / (oh * ow), row0 % (oh * ow));
+    let (mut oy, mut ox) = (rem / ow, rem % ow);
+    for patch in patches.chunks_mut(k) {
         let taps_x = valid_taps(ox, geom, w);
         for ky in 0..geom.kernel_h {
             let patch_row = &mut patch[ky * geom.kernel_w * cg..(ky + 1) * geom.kernel_w * cg];
@@ -233,6 +237,15 @@ pub(crate) fn im2col_rows(
                     let src = (pixel + t) * c_in + c0;
                     patch_row[kx * cg..(kx + 1) * cg].copy_from_slice(&x[src..src + cg]);
                 }
+            }
+        }
+        ox += 1;
+        if ox == ow {
+            ox = 0;
+            oy += 1;
+            if oy == oh {
+                oy = 0;
+                b += 1;
             }
         }
     }
