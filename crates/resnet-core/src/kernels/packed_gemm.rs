@@ -348,32 +348,47 @@ pub(super) mod avx512 {
     /// most 16 columns uses the one-register kernel, so no work is wasted on padding).
     pub(in super::super) fn tile(a: Lhs<'_>, rows: usize, b: &PackedMatrix, out: &mut [f32], e: &PackedEpilogue<'_>) {
         let (k, n) = (b.k, b.n);
+        for_each_micro_tile(k, KC, n, rows, |k0, kc, p, r0, mr| {
+            let mut block = Block {
+                a: &a.data[r0 * a.row_stride + k0 * a.col_stride..],
+                row_stride: a.row_stride,
+                col_stride: a.col_stride,
+                kc,
+                panel: &b.panel(p)[k0 * NR..(k0 + kc) * NR],
+                dest: Destination::new(out, n, r0, p, k0 == 0 && !e.accumulate, k0 + kc == k, e),
+            };
+            block.check(mr);
+            // SAFETY: `tile` is only called after `is_x86_feature_detected!("avx512f")`
+            // (see `packed_matmul_on`), and `check` proved every pointer the kernel forms
+            // lies inside its slice.
+            unsafe { dispatch(mr, &mut block) };
+        });
+    }
+
+    /// Visits a tile's micro-tiles in the order the micro-kernels want them: blocks of the
+    /// `depth` (at most `block` deep, so a block of a panel stays in L1), then panels of
+    /// `NR` columns, then `MR` rows (a shorter run for the last rows):
+    /// `f(first, len, panel, first_row, rows)`. The f32 and bf16 tiles share it.
+    pub(in super::super) fn for_each_micro_tile(
+        depth: usize,
+        block: usize,
+        n: usize,
+        rows: usize,
+        mut f: impl FnMut(usize, usize, usize, usize, usize),
+    ) {
         let mut k0 = 0;
         loop {
-            let kc = KC.min(k - k0);
+            let kc = block.min(depth - k0);
             for p in 0..n.div_ceil(NR) {
-                let panel = &b.panel(p)[k0 * NR..(k0 + kc) * NR];
                 let mut r0 = 0;
                 while r0 < rows {
                     let mr = MR.min(rows - r0);
-                    let mut block = Block {
-                        a: &a.data[r0 * a.row_stride + k0 * a.col_stride..],
-                        row_stride: a.row_stride,
-                        col_stride: a.col_stride,
-                        kc,
-                        panel,
-                        dest: Destination::new(out, n, r0, p, k0 == 0 && !e.accumulate, k0 + kc == k, e),
-                    };
-                    block.check(mr);
-                    // SAFETY: `tile` is only called after `is_x86_feature_detected!("avx512f")`
-                    // (see `packed_matmul_on`), and `check` proved every pointer the kernel
-                    // forms lies inside its slice.
-                    unsafe { dispatch(mr, &mut block) };
+                    f(k0, kc, p, r0, mr);
                     r0 += mr;
                 }
             }
             k0 += kc;
-            if k0 >= k {
+            if k0 >= depth {
                 break;
             }
         }

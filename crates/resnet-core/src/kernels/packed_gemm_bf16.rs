@@ -269,8 +269,8 @@ pub(crate) fn packed_matmul_bf16_rows(
 mod avx512_bf16 {
     use std::arch::x86_64::*;
 
-    use super::super::packed_gemm::avx512::{initial_sums, store_sums, Destination};
-    use super::super::packed_gemm::{micro_kernel_for, PackedEpilogue, MR, NR};
+    use super::super::packed_gemm::avx512::{for_each_micro_tile, initial_sums, store_sums, Destination};
+    use super::super::packed_gemm::{micro_kernel_for, PackedEpilogue, NR};
 
     /// Pairs of `K` per block: a block of one panel is `KC_PAIRS × NR × 4` bytes = 32 KiB.
     const KC_PAIRS: usize = 256;
@@ -312,33 +312,19 @@ mod avx512_bf16 {
         out: &mut [f32],
         e: &PackedEpilogue<'_>,
     ) {
-        let mut kp0 = 0;
-        loop {
-            let kc = KC_PAIRS.min(pairs - kp0);
-            for p in 0..n.div_ceil(NR) {
-                let panel = &panels[(p * pairs + kp0) * NR..(p * pairs + kp0 + kc) * NR];
-                let mut r0 = 0;
-                while r0 < rows {
-                    let mr = MR.min(rows - r0);
-                    let mut block = Block {
-                        a: &a[r0 * pairs + kp0..],
-                        row_stride: pairs,
-                        kc,
-                        panel,
-                        dest: Destination::new(out, n, r0, p, kp0 == 0 && !e.accumulate, kp0 + kc == pairs, e),
-                    };
-                    block.check(mr);
-                    // SAFETY: the caller checked AVX-512F and AVX512-BF16 at run time, and
-                    // `check` proved every pointer the kernel forms lies inside its slice.
-                    unsafe { dispatch(mr, &mut block) };
-                    r0 += mr;
-                }
-            }
-            kp0 += kc;
-            if kp0 >= pairs {
-                break;
-            }
-        }
+        for_each_micro_tile(pairs, KC_PAIRS, n, rows, |kp0, kc, p, r0, mr| {
+            let mut block = Block {
+                a: &a[r0 * pairs + kp0..],
+                row_stride: pairs,
+                kc,
+                panel: &panels[(p * pairs + kp0) * NR..(p * pairs + kp0 + kc) * NR],
+                dest: Destination::new(out, n, r0, p, kp0 == 0 && !e.accumulate, kp0 + kc == pairs, e),
+            };
+            block.check(mr);
+            // SAFETY: the caller checked AVX-512F and AVX512-BF16 at run time, and `check`
+            // proved every pointer the kernel forms lies inside its slice.
+            unsafe { dispatch(mr, &mut block) };
+        });
     }
 
     /// One micro-tile's operands: `mr` rows of bf16 pairs over `kc` pairs and a `kc × NR`
