@@ -53,7 +53,7 @@ pub struct PlanArgs {
     pub precision: PrecisionArg,
     /// Compute fp32 3x3 stride-1 convolutions directly instead of by Winograd F(4x4,3x3)
     /// (Winograd: about 2x faster on those layers, rounding errors ~2e-6 of a layer's largest
-    /// output instead of ~1e-7).
+    /// output instead of ~1e-7). With `bench --train`, the training convolutions too.
     #[arg(long)]
     pub no_winograd: bool,
 }

@@ -4,6 +4,7 @@
 use std::time::Instant;
 
 use resnet_core::kernels::conv_backward::{conv2d_nhwc_backward_input, conv2d_nhwc_backward_weight};
+use resnet_core::kernels::winograd::{self, WinogradConv};
 use resnet_core::kernels::{conv2d_nhwc, Conv2dGeometry, Epilogue};
 use resnet_core::model::seeded::seeded_values;
 use resnet_core::Tensor;
@@ -43,7 +44,13 @@ fn main() {
     let bwd_in = median_ms(|| drop(conv2d_nhwc_backward_input(&g, &weight, &geom, (h, h))));
     let fwd = median_ms(|| drop(conv2d_nhwc(&x, &weight, &geom, &Epilogue::default())));
     let bwd_w = median_ms(|| drop(conv2d_nhwc_backward_weight(&x, &g, &geom)));
-    for (name, ms) in [("forward", fwd), ("backward input", bwd_in), ("backward weight", bwd_w)] {
+    let mut rows = vec![("forward", fwd), ("backward input", bwd_in), ("backward weight", bwd_w)];
+    if winograd::fits(&geom) {
+        // What training's Winograd pays on every call before any product.
+        let transform = median_ms(|| drop(WinogradConv::from_filters(&weight, c_in, c_out, None, vec![0.0; c_out])));
+        rows.push(("filter transform", transform));
+    }
+    for (name, ms) in rows {
         println!("{name:>16}: {ms:7.2} ms  {:6.1} GFLOP/s", gflop / ms * 1e3);
     }
 }

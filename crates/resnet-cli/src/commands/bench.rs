@@ -178,6 +178,9 @@ pub fn run(args: Args, threads: usize) -> anyhow::Result<()> {
     if args.peak {
         return super::bench_layers::run_peak(args.json);
     }
+    // The compiled plan takes --no-winograd through its options; training's convolutions
+    // through this switch.
+    resnet_core::kernels::winograd::set_enabled_for_training(!args.plan.no_winograd);
     let bf16 = args.plan.precision == PrecisionArg::Bf16;
     if bf16 && (args.train || args.uncompiled) {
         anyhow::bail!("--precision bf16 applies to the compiled inference plan; drop --train / --uncompiled");

@@ -171,8 +171,12 @@ pub fn run_layers(
         // plain one, whose weights change every step.
         let ones = vec![1.0; g.out_channels];
         let packed = PackedConv::with_precision(*g, &weight, &ones, vec![0.0; g.out_channels], precision);
+        // Training's forward and 3x3 input gradient go by Winograd where it pays off
+        // (filter transform on every call included); say so in the pass's name.
+        let by_winograd = train && winograd::pays_off(g, batch, h, w);
         let mut passes: Vec<(&'static str, f64, Option<f64>)> = if train {
-            vec![("forward", median_ms(iters, || drop(conv2d_nhwc(&input, &weight, g, &Epilogue::default()))), None)]
+            let pass = if by_winograd { "forward (winograd)" } else { "forward" };
+            vec![(pass, median_ms(iters, || drop(conv2d_nhwc(&input, &weight, g, &Epilogue::default()))), None)]
         } else {
             // Accuracy of the faster forms against the direct f32 convolution, on these inputs.
             let direct = (precision == Precision::Bf16 || winograd::fits(g))
@@ -197,7 +201,7 @@ pub fn run_layers(
         };
         if train {
             passes.push((
-                "backward input",
+                if by_winograd { "backward input (winograd)" } else { "backward input" },
                 median_ms(iters, || drop(conv2d_nhwc_backward_input(&grad_out, &weight, g, (h, w)))),
                 None,
             ));
@@ -220,7 +224,9 @@ pub fn run_layers(
         );
         for (pass, ms, error) in passes {
             let gflops = gflop / ms * 1e3;
-            *totals.entry(pass).or_default() += ms * shape.layers.len() as f64;
+            // Training's totals are per pass whatever the method (what one step costs).
+            let total_key = if train { pass.trim_end_matches(" (winograd)") } else { pass };
+            *totals.entry(total_key).or_default() += ms * shape.layers.len() as f64;
             let record = LayerRecord {
                 kind: "layer",
                 pass,

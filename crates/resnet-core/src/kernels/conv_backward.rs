@@ -20,6 +20,7 @@ use super::matmul::{matmul, MatMul};
 use super::packed_gemm::{
     packed_matmul, packed_matmul_serial, packed_matmul_strided, Lhs, PackedEpilogue, PackedMatrix,
 };
+use super::winograd::{self, WinogradConv};
 use crate::tensor::Tensor;
 
 /// Upper bound on the floats of one patch buffer (as in the forward): a large batch runs in
@@ -73,6 +74,11 @@ fn is_same_size_stride1(geom: &Conv2dGeometry) -> bool {
 fn backward_input_as_convolution(grad_out: &Tensor, weight: &[f32], geom: &Conv2dGeometry) -> Tensor {
     let (k, c_in, c_out) = (geom.kernel_h, geom.in_channels, geom.out_channels);
     assert_eq!(weight.len(), geom.weight_len());
+    let transposed = Conv2dGeometry { in_channels: c_out, out_channels: c_in, ..*geom };
+    let (n, h, w) = (grad_out.shape[0], grad_out.shape[1], grad_out.shape[2]);
+    if winograd::pays_off(&transposed, n, h, w) {
+        return WinogradConv::input_gradient_of(weight, c_in, c_out).forward(grad_out, None, false);
+    }
     let mut rotated = vec![0.0f32; weight.len()];
     for ci in 0..c_in {
         for ky in 0..k {
@@ -84,7 +90,6 @@ fn backward_input_as_convolution(grad_out: &Tensor, weight: &[f32], geom: &Conv2
             }
         }
     }
-    let transposed = Conv2dGeometry { in_channels: c_out, out_channels: c_in, ..*geom };
     let packed = PackedMatrix::from_rows(&rotated, c_in, transposed.filter_len(), None);
     conv2d_nhwc_packed(grad_out, &transposed, PackedRhs::F32(&packed), None, None, false)
 }
@@ -489,6 +494,40 @@ mod tests {
                 for (a, b) in part_x.data.iter().zip(&whole_x.data).chain(part_w.iter().zip(&whole_w)) {
                     assert!((a - b).abs() <= 1e-5 * (1.0 + b.abs()), "{geom:?} budget {budget}: {a} vs {b}");
                 }
+            }
+        }
+    }
+
+    /// Layers big enough for Winograd ([`winograd::pays_off`]): the forward and the input
+    /// gradient (a convolution with rotated filters) against direct convolution and the
+    /// patch-gradient path. Winograd's rounding: within 1e-5 of the largest value (observed
+    /// ~3e-6, see `winograd::tests`).
+    #[test]
+    fn winograd_forward_and_input_gradient_equal_direct() {
+        let mut rng = SplitMix64::new(13);
+        let (n, h, w) = (2, 9, 11);
+        for (c_in, c_out) in [(64, 64), (64, 80)] {
+            let geom = geometry(c_in, c_out, 3, 1, 1, 1);
+            assert!(winograd::pays_off(&geom, n, h, w));
+            let input =
+                Tensor::from_vec(&[n, h, w, c_in], random_values(&mut rng, n * h * w * c_in, -1.0, 1.0)).unwrap();
+            let weight = random_values(&mut rng, geom.weight_len(), -0.1, 0.1);
+            let grad_out =
+                Tensor::from_vec(&[n, h, w, c_out], random_values(&mut rng, n * h * w * c_out, -1.0, 1.0)).unwrap();
+            let pairs = [
+                (conv2d_nhwc(&input, &weight, &geom, &Epilogue::default()), {
+                    crate::kernels::conv::conv2d_nhwc_direct(&input, &weight, &geom, &Epilogue::default())
+                }),
+                (
+                    conv2d_nhwc_backward_input(&grad_out, &weight, &geom, (h, w)),
+                    backward_input_chunked(&grad_out, &weight, &geom, (h, w), MAX_PATCH_FLOATS),
+                ),
+            ];
+            for (got, expected) in pairs {
+                assert_eq!(got.shape, expected.shape);
+                let peak = expected.data.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+                let err = got.data.iter().zip(&expected.data).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
+                assert!(err <= 1e-5 * peak, "{c_in}->{c_out}: error {err} of {peak}");
             }
         }
     }

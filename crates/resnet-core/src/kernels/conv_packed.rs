@@ -3,7 +3,11 @@
 //! residual and ReLU are applied as the GEMM stores its results. Weights are packed in f32
 //! or, for [`Precision::Bf16`], in bf16 for the AVX512-BF16 kernel ([`super::packed_gemm_bf16`]).
 
+use std::sync::OnceLock;
+
 use super::buffers::take_buffer;
+#[cfg(test)]
+use super::conv::conv2d_nhwc_direct;
 use super::conv::{conv2d_nhwc, im2col_rows, with_patch_buffer, Conv2dGeometry, Epilogue};
 use super::packed_gemm::{for_each_row_tile, packed_matmul, packed_matmul_serial, Lhs, PackedEpilogue, PackedMatrix};
 use super::packed_gemm_bf16::{packed_matmul_bf16, packed_matmul_bf16_rows, PackedMatrixBf16, RowSource};
@@ -31,13 +35,16 @@ pub struct CompileOptions {
     /// ([`super::winograd`]): about 2x faster on ResNet-50's, with rounding errors ~2e-6 of
     /// each layer's largest output instead of ~1e-7. Only where it wins: layers with fewer
     /// than [`WINOGRAD_MIN_CHANNELS`] channels on either side stay direct (the transforms
-    /// outweigh the saved multiplies: 16 channels ran 2-3x slower), and so do layers with more
-    /// than [`WINOGRAD_MAX_CHANNELS_PRODUCT`] input x output channels (their transformed
-    /// filters, 4x the weights, would cost more memory than the time is worth).
+    /// outweigh the saved multiplies: 16 channels ran 2-3x slower). Layers with more than
+    /// [`WINOGRAD_MAX_CHANNELS_PRODUCT`] input x output channels run direct on one image
+    /// (no faster by Winograd, and their transformed filters, 4x the weights, would cost
+    /// more memory than the time is worth) and switch to Winograd the first time they see a
+    /// batch with at least [`winograd::MIN_TILES`] output tiles.
     pub winograd: bool,
 }
 
-/// Largest `C_in · C_out` computed by Winograd (256 x 256: 9.4 MB of transformed filters).
+/// Largest `C_in · C_out` held transformed for Winograd from compile time (256 x 256: 9.4 MB
+/// of transformed filters); wider layers transform when they first see a batch.
 pub const WINOGRAD_MAX_CHANNELS_PRODUCT: usize = 256 * 256;
 
 /// Fewest input and output channels computed by Winograd. Measured (`resnet bench --layers`,
@@ -98,6 +105,12 @@ enum Weights {
     PackedBf16(PackedMatrixBf16),
     /// 3x3 stride 1, transformed for Winograd F(4x4, 3x3).
     Winograd(WinogradConv),
+    /// 3x3 stride 1 with too many channels to hold transformed for one image: direct for
+    /// small inputs; transformed from the packed weights the first time a batch has
+    /// [`winograd::MIN_TILES`] output tiles, and by Winograd from then on (ResNet-50's
+    /// layer4 at 7x7: as fast as direct for one image, 2.2x faster at batch 16; its two
+    /// layers' transformed filters add 75 MB only for callers who run batches).
+    PackedThenWinograd(PackedMatrix, OnceLock<WinogradConv>),
     /// Grouped convolutions (ResNeXt) keep OHWI weights, scale folded in, and run through
     /// [`conv2d_nhwc`]'s grouped path.
     Grouped(Vec<f32>),
@@ -155,6 +168,14 @@ impl PackedConv {
             let weights = Weights::Winograd(WinogradConv::new(weight, c_in, c_out, scale, shift));
             return PackedConv { geometry, weights, bias: Vec::new() };
         }
+        let winograd_for_batches = options.winograd
+            && options.precision == Precision::F32
+            && winograd::fits(&geometry)
+            && c_in.min(c_out) >= WINOGRAD_MIN_CHANNELS;
+        if winograd_for_batches {
+            let packed = PackedMatrix::from_rows(weight, n, k, Some(scale));
+            return PackedConv { geometry, weights: Weights::PackedThenWinograd(packed, OnceLock::new()), bias: shift };
+        }
         let weights = if geometry.groups == 1 && options.precision == Precision::Bf16 {
             Weights::PackedBf16(PackedMatrixBf16::from_rows(weight, n, k, Some(scale)))
         } else if geometry.groups == 1 {
@@ -173,6 +194,7 @@ impl PackedConv {
             Weights::Packed(p) => 4 * p.k() * p.n(),
             Weights::PackedBf16(p) => p.bytes(),
             Weights::Winograd(w) => w.bytes(),
+            Weights::PackedThenWinograd(p, w) => 4 * p.k() * p.n() + w.get().map_or(0, WinogradConv::bytes),
             Weights::Grouped(w) => 4 * w.len(),
         }
     }
@@ -194,6 +216,14 @@ impl PackedConv {
             Weights::Packed(p) => conv2d_nhwc_packed(x, g, PackedRhs::F32(p), Some(&self.bias), residual, relu),
             Weights::PackedBf16(p) => conv2d_nhwc_packed(x, g, PackedRhs::Bf16(p), Some(&self.bias), residual, relu),
             Weights::Winograd(w) => w.forward(x, residual, relu),
+            Weights::PackedThenWinograd(p, transformed) => {
+                if winograd::tiles(n, h, w) >= winograd::MIN_TILES {
+                    let conv = transformed.get_or_init(|| WinogradConv::from_packed(p, c_in, c_out, self.bias.clone()));
+                    conv.forward(x, residual, relu)
+                } else {
+                    conv2d_nhwc_packed(x, g, PackedRhs::F32(p), Some(&self.bias), residual, relu)
+                }
+            }
             Weights::Grouped(weight) => {
                 let e = Epilogue { scale: None, shift: Some(&self.bias), residual, relu };
                 conv2d_nhwc(x, weight, g, &e)
@@ -282,6 +312,41 @@ mod tests {
         (0..len).map(|_| rng.uniform_f32(-1.0, 1.0)).collect()
     }
 
+    /// A 3x3 layer too wide to hold transformed for one image runs direct on one small
+    /// image, and by Winograd (transformed from its packed weights on first use) on a batch:
+    /// both equal to direct convolution (Winograd within 1e-5 of the largest output).
+    #[test]
+    fn wide_layers_switch_to_winograd_for_batches() {
+        let mut rng = SplitMix64::new(10);
+        let (c_in, c_out) = (257, 256);
+        assert!(c_in * c_out > WINOGRAD_MAX_CHANNELS_PRODUCT);
+        let g = Conv2dGeometry {
+            in_channels: c_in,
+            out_channels: c_out,
+            kernel_h: 3,
+            kernel_w: 3,
+            stride: 1,
+            padding: 1,
+            groups: 1,
+        };
+        let weight: Vec<f32> = random(&mut rng, g.weight_len()).iter().map(|w| w * 0.05).collect();
+        let scale: Vec<f32> = random(&mut rng, c_out).iter().map(|s| 0.5 + s.abs()).collect();
+        let shift = random(&mut rng, c_out);
+        let conv = PackedConv::compile(g, &weight, &scale, shift.clone(), CompileOptions::default());
+        let direct_bytes = conv.weight_bytes();
+        for n in [1, 4] {
+            let x = Tensor::from_vec(&[n, 7, 7, c_in], random(&mut rng, n * 49 * c_in)).unwrap();
+            let e = Epilogue { scale: Some(&scale), shift: Some(&shift), residual: None, relu: true };
+            let expected = conv2d_nhwc_direct(&x, &weight, &g, &e);
+            let got = conv.forward(&x, None, true);
+            let peak = expected.data.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+            let err = got.data.iter().zip(&expected.data).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
+            assert!(err <= 1e-5 * peak, "batch {n}: error {err} of {peak}");
+            let transformed = conv.weight_bytes() > direct_bytes;
+            assert_eq!(transformed, n == 4, "batch {n}: transformed filters held: {transformed}");
+        }
+    }
+
     /// Equal to the unpacked convolution with the same BN as an epilogue, for every kind of
     /// convolution in the family (stem 7x7/2, 3x3 /1 and /2, 1x1 /1 and /2, grouped), with
     /// and without residual and ReLU. Different summation order: 1e-5 absolute + relative.
@@ -318,7 +383,7 @@ mod tests {
                 let r = with_residual.then_some(&residual);
                 let e =
                     Epilogue { scale: Some(&scale), shift: Some(&shift), residual: r.map(|r| r.data.as_slice()), relu };
-                let expected = conv2d_nhwc(&x, &weight, &g, &e);
+                let expected = conv2d_nhwc_direct(&x, &weight, &g, &e);
                 let got = packed.forward(&x, r, relu);
                 assert_eq!(got.shape, expected.shape);
                 for (a, b) in got.data.iter().zip(&expected.data) {

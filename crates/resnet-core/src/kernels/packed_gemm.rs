@@ -77,6 +77,16 @@ impl PackedMatrix {
         PackedMatrix { k, n, panels }
     }
 
+    /// All zeros, to be filled panel by panel through [`Self::panels_mut`].
+    pub(crate) fn zeros(k: usize, n: usize) -> PackedMatrix {
+        PackedMatrix { k, n, panels: vec![0.0; n.div_ceil(NR) * k * NR] }
+    }
+
+    /// The `ceil(N / NR)` panels, each `K × NR` with column `j` of the panel at `kk·NR + j`.
+    pub(crate) fn panels_mut(&mut self) -> impl Iterator<Item = &mut [f32]> {
+        self.panels.chunks_mut((self.k * NR).max(1))
+    }
+
     pub fn k(&self) -> usize {
         self.k
     }

@@ -19,10 +19,13 @@
 //! 5 (input) and 8 (output) before they cancel, so rounding errors are larger than direct
 //! convolution's; measured in the tests below against the direct convolution.
 
+use std::sync::atomic::{AtomicBool, Ordering};
+
 use rayon::prelude::*;
 
 use super::buffers::{recycle, take_buffer};
-use super::packed_gemm::{best_path, packed_matmul_serial, GemmPath, Lhs, PackedEpilogue, PackedMatrix};
+use super::conv_packed::WINOGRAD_MIN_CHANNELS;
+use super::packed_gemm::{best_path, packed_matmul_serial, GemmPath, Lhs, PackedEpilogue, PackedMatrix, NR};
 use crate::tensor::Tensor;
 
 /// Outputs per tile side.
@@ -47,6 +50,40 @@ pub fn fits(g: &super::conv::Conv2dGeometry) -> bool {
     (g.kernel_h, g.kernel_w, g.stride, g.padding, g.groups) == (3, 3, 1, 1, 1)
 }
 
+/// Fewest 4x4 output tiles in one call for which the training convolutions use Winograd.
+/// Measured (`resnet bench --layers`, 2 threads, ResNet-50's 512-channel layer4 at 7x7): 4
+/// tiles (batch 1) ran as fast as direct convolution, 64 (batch 16) 2.2x faster; 14x14
+/// layers (16 tiles per image) win from batch 1. Below this the filter transform, done on
+/// every call in training, is not worth it.
+pub const MIN_TILES: usize = 16;
+
+/// Whether [`pays_off`] may choose Winograd; see [`set_enabled_for_training`].
+static ENABLED_FOR_TRAINING: AtomicBool = AtomicBool::new(true);
+
+/// Lets (`true`, the default) or stops the uncompiled convolutions (training's forward and
+/// its 3x3 input gradients, `conv2d_nhwc`) using Winograd where it pays off. Off, every
+/// convolution is direct: rounding errors ~1e-7 of a layer's largest output instead of
+/// ~3e-6. The compiled inference plan has its own switch ([`super::CompileOptions`]).
+pub fn set_enabled_for_training(enabled: bool) {
+    ENABLED_FOR_TRAINING.store(enabled, Ordering::Relaxed);
+}
+
+/// Whether an uncompiled f32 convolution `g` over `n` images of `h × w` runs faster by
+/// Winograd, filter transform included: it fits, has at least
+/// [`WINOGRAD_MIN_CHANNELS`] channels on each side and [`MIN_TILES`] output tiles, and
+/// Winograd is enabled ([`set_enabled_for_training`]).
+pub fn pays_off(g: &super::conv::Conv2dGeometry, n: usize, h: usize, w: usize) -> bool {
+    ENABLED_FOR_TRAINING.load(Ordering::Relaxed)
+        && fits(g)
+        && g.in_channels.min(g.out_channels) >= WINOGRAD_MIN_CHANNELS
+        && tiles(n, h, w) >= MIN_TILES
+}
+
+/// 4x4 output tiles of `n` images of `h × w`.
+pub fn tiles(n: usize, h: usize, w: usize) -> usize {
+    n * h.div_ceil(TILE) * w.div_ceil(TILE)
+}
+
 /// A 3x3, stride-1, padding-1 convolution with BatchNorm folded in, its filters transformed
 /// for F(4x4, 3x3).
 #[derive(Clone, Debug)]
@@ -67,26 +104,45 @@ impl WinogradConv {
         assert_eq!(weight.len(), cout * 9 * cin, "weights must be OHWI 3x3");
         assert_eq!(scale.len(), cout);
         assert_eq!(shift.len(), cout);
-        let mut u = vec![vec![0.0f32; cin * cout]; POINTS];
-        for co in 0..cout {
-            for ci in 0..cin {
-                let g = |ky: usize, kx: usize| weight[((co * 3 + ky) * 3 + kx) * cin + ci] as f64 * scale[co] as f64;
-                let mut gg = [[0.0f64; 3]; 6]; // G g
-                for (i, row) in gg.iter_mut().enumerate() {
-                    for (kx, v) in row.iter_mut().enumerate() {
-                        *v = (0..3).map(|ky| G[i][ky] * g(ky, kx)).sum();
-                    }
-                }
-                for i in 0..6 {
-                    for j in 0..6 {
-                        let v: f64 = (0..3).map(|kx| gg[i][kx] * G[j][kx]).sum();
-                        u[i * 6 + j][ci * cout + co] = v as f32;
-                    }
-                }
-            }
-        }
-        let transformed = u.iter().map(|m| PackedMatrix::from_kn(m, cin, cout)).collect();
+        let transformed = transform_filters(FilterSource::Ohwi(weight), cin, cout, Some(scale));
         WinogradConv { in_channels, out_channels, transformed, bias: shift }
+    }
+
+    /// As [`Self::new`] with an optional scale, for training's convolutions (no BatchNorm
+    /// folded in), whose filters change every step and are transformed on every call.
+    pub fn from_filters(
+        weight: &[f32],
+        in_channels: usize,
+        out_channels: usize,
+        scale: Option<&[f32]>,
+        bias: Vec<f32>,
+    ) -> Self {
+        assert_eq!(weight.len(), out_channels * 9 * in_channels, "weights must be OHWI 3x3");
+        assert!(scale.is_none_or(|s| s.len() == out_channels));
+        assert_eq!(bias.len(), out_channels);
+        let transformed = transform_filters(FilterSource::Ohwi(weight), in_channels, out_channels, scale);
+        WinogradConv { in_channels, out_channels, transformed, bias }
+    }
+
+    /// The convolution whose output is the input gradient of the 3x3 stride-1 convolution
+    /// with OHWI `weight` (`out_channels × 3 × 3 × in_channels`): its filters rotated by 180°
+    /// with input and output channels swapped, read that way from `weight` as they are
+    /// transformed. It maps `[N, H, W, out_channels]` gradients to `[N, H, W, in_channels]`.
+    pub fn input_gradient_of(weight: &[f32], in_channels: usize, out_channels: usize) -> Self {
+        assert_eq!(weight.len(), out_channels * 9 * in_channels, "weights must be OHWI 3x3");
+        let source = FilterSource::RotatedTransposed(weight, in_channels);
+        let transformed = transform_filters(source, out_channels, in_channels, None);
+        WinogradConv { in_channels: out_channels, out_channels: in_channels, transformed, bias: vec![0.0; in_channels] }
+    }
+
+    /// From weights packed for direct convolution (BatchNorm's scale already folded in) and
+    /// BatchNorm's shift: for the compiled plan, which keeps large layers direct for one
+    /// image and transforms them once it sees batches ([`PackedConv`](super::conv_packed::PackedConv)).
+    pub fn from_packed(packed: &PackedMatrix, in_channels: usize, out_channels: usize, bias: Vec<f32>) -> Self {
+        assert_eq!((packed.k(), packed.n()), (9 * in_channels, out_channels), "packed weights must be 3x3");
+        assert_eq!(bias.len(), out_channels);
+        let transformed = transform_filters(FilterSource::Packed(packed), in_channels, out_channels, None);
+        WinogradConv { in_channels, out_channels, transformed, bias }
     }
 
     /// Bytes held by the transformed filters.
@@ -144,6 +200,134 @@ impl WinogradConv {
         });
         recycle(Tensor { shape: vec![m.len()], data: m });
         Tensor::from_vec(&shape, out).unwrap_or_else(|| Tensor::zeros(&shape))
+    }
+}
+
+/// The 9 taps (`ky·3 + kx`) of one input channel's 3x3 filters for a panel's [`NR`]
+/// output channels (the columns past the last output channel zero).
+type Taps = [[f32; NR]; 9];
+
+/// Where [`transform_filters`] reads filters from: OHWI weights as they are, or read as the
+/// filters of the input gradient's convolution (rotated 180°, input and output channels
+/// swapped), without building that copy.
+#[derive(Clone, Copy)]
+enum FilterSource<'a> {
+    Ohwi(&'a [f32]),
+    /// `W'[c][ky][kx][o] = W[o][2−ky][2−kx][c]` for OHWI `W` with `C_in` = this many.
+    RotatedTransposed(&'a [f32], usize),
+    /// Weights already packed for direct convolution, `[K = 9·C_in, C_out]`.
+    Packed(&'a PackedMatrix),
+}
+
+impl FilterSource<'_> {
+    /// The taps of input channel `c` for output channels `co0..co0 + cols`; `cin` is the
+    /// input channel count of the convolution being transformed.
+    #[inline(always)]
+    fn taps(self, co0: usize, cols: usize, c: usize, cin: usize) -> Taps {
+        let mut t = [[0.0f32; NR]; 9];
+        match self {
+            FilterSource::Ohwi(w) => {
+                // A gather across output channels (9·C_in apart); consecutive `c` reuse the
+                // same cache lines, so a panel's 9 · 32 lines stay in L1.
+                for (tap, t) in t.iter_mut().enumerate() {
+                    for (l, v) in t.iter_mut().enumerate().take(cols) {
+                        *v = w[((co0 + l) * 9 + tap) * cin + c];
+                    }
+                }
+            }
+            FilterSource::Packed(packed) => {
+                // Row `tap·C_in + c` of panel `co0 / NR`: already the NR columns in a row.
+                let panel = packed.panel(co0 / NR);
+                for (tap, t) in t.iter_mut().enumerate() {
+                    let at = (tap * cin + c) * NR;
+                    t.copy_from_slice(&panel[at..at + NR]);
+                }
+            }
+            FilterSource::RotatedTransposed(w, original_cin) => {
+                // Here the output channels are the original input channels: contiguous.
+                for (tap, t) in t.iter_mut().enumerate() {
+                    let at = (c * 9 + (8 - tap)) * original_cin + co0;
+                    t[..cols].copy_from_slice(&w[at..at + cols]);
+                }
+            }
+        }
+        t
+    }
+}
+
+/// `U_ξ = (G g Gᵀ)_ξ · scale[c_out]` for every point ξ, as 36 packed `[C_in, C_out]`
+/// matrices, computed in f64. Training transforms every 3x3 layer's filters on every step
+/// (512 x 512 channels: 37 MB out), so this has to be cheap next to the products: tasks in
+/// parallel over panels of [`NR`] output channels, vectorised across the panel's columns,
+/// so that each input channel's 36 results are 36 whole panel rows, stored as they are
+/// computed. (Vectorised across input channels instead, every value went to its own cache
+/// line, and the transform of a 512-channel layer cost half as much as its convolution.)
+fn transform_filters(source: FilterSource<'_>, cin: usize, cout: usize, scale: Option<&[f32]>) -> Vec<PackedMatrix> {
+    let mut matrices: Vec<PackedMatrix> = (0..POINTS).map(|_| PackedMatrix::zeros(cin, cout)).collect();
+    let mut by_panel: Vec<Vec<&mut [f32]>> = (0..cout.div_ceil(NR)).map(|_| Vec::with_capacity(POINTS)).collect();
+    for matrix in &mut matrices {
+        for (p, panel) in matrix.panels_mut().enumerate() {
+            by_panel[p].push(panel);
+        }
+    }
+    by_panel.into_par_iter().enumerate().for_each(|(p, mut panels)| {
+        let panel = FilterPanel { source, cin, cout, scale, p };
+        #[cfg(target_arch = "x86_64")]
+        if avx512() {
+            // SAFETY: AVX-512F was detected at run time; the function is otherwise safe code.
+            unsafe { transform_panel_avx512(&panel, &mut panels) };
+            return;
+        }
+        transform_panel_any(&panel, &mut panels);
+    });
+    matrices
+}
+
+/// One panel's worth of [`transform_filters`]: output channels `p·NR..` of `cout`.
+struct FilterPanel<'a> {
+    source: FilterSource<'a>,
+    cin: usize,
+    cout: usize,
+    scale: Option<&'a [f32]>,
+    p: usize,
+}
+
+/// [`transform_panel_any`] compiled for AVX-512.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+fn transform_panel_avx512(f: &FilterPanel<'_>, panels: &mut [&mut [f32]]) {
+    transform_panel_any(f, panels);
+}
+
+#[inline(always)]
+fn transform_panel_any(f: &FilterPanel<'_>, panels: &mut [&mut [f32]]) {
+    let co0 = f.p * NR;
+    let cols = NR.min(f.cout - co0);
+    let mut scale = [0.0f64; NR];
+    for (l, s) in scale.iter_mut().enumerate().take(cols) {
+        *s = f.scale.map_or(1.0, |s| s[co0 + l] as f64);
+    }
+    for c in 0..f.cin {
+        let taps = f.source.taps(co0, cols, c, f.cin);
+        // (G g)[i][kx] across the panel's columns.
+        let mut gg = [[[0.0f64; NR]; 3]; 6];
+        for (i, gi) in gg.iter_mut().enumerate() {
+            for (kx, v) in gi.iter_mut().enumerate() {
+                for (l, v) in v.iter_mut().enumerate() {
+                    *v = G[i][0] * taps[kx][l] as f64
+                        + G[i][1] * taps[3 + kx][l] as f64
+                        + G[i][2] * taps[6 + kx][l] as f64;
+                }
+            }
+        }
+        for (i, gi) in gg.iter().enumerate() {
+            for (j, gj) in G.iter().enumerate() {
+                let row: &mut [f32; NR] = (&mut panels[i * 6 + j][c * NR..(c + 1) * NR]).try_into().expect("NR values");
+                for (l, v) in row.iter_mut().enumerate() {
+                    *v = ((gi[0][l] * gj[0] + gi[1][l] * gj[1] + gi[2][l] * gj[2]) * scale[l]) as f32;
+                }
+            }
+        }
     }
 }
 
@@ -343,7 +527,7 @@ fn output_transform_row_any(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::kernels::conv::{conv2d_nhwc, Conv2dGeometry, Epilogue};
+    use crate::kernels::conv::{conv2d_nhwc_direct, Conv2dGeometry, Epilogue};
     use crate::prng::SplitMix64;
 
     fn random(rng: &mut SplitMix64, len: usize, scale: f32) -> Vec<f32> {
@@ -426,7 +610,7 @@ mod tests {
             for (with_residual, relu) in [(false, false), (true, true)] {
                 let r = with_residual.then_some(residual.as_slice());
                 let e = Epilogue { scale: Some(&scale), shift: Some(&shift), residual: r, relu };
-                let expected = conv2d_nhwc(&x, &weight, &g, &e);
+                let expected = conv2d_nhwc_direct(&x, &weight, &g, &e);
                 let got = conv.forward(&x, r, relu);
                 assert_eq!(got.shape, expected.shape);
                 let peak = expected.data.iter().fold(0.0f32, |m, v| m.max(v.abs()));
