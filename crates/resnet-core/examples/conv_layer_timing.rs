@@ -1,6 +1,7 @@
 //! Times one convolution's forward and both backwards on given shapes, in GFLOP/s, to see
 //! which part of a training step is slow.
-//!   cargo run --release -p resnet-core --example conv_layer_timing -- N H C_IN C_OUT K STRIDE
+//!   cargo run --release -p resnet-core --example conv_layer_timing -- N H C_IN C_OUT K STRIDE [direct]
+//! (`direct`: no Winograd for the 3x3 stride-1 layers that would use it).
 use std::time::Instant;
 
 use resnet_core::kernels::conv_backward::{conv2d_nhwc_backward_input, conv2d_nhwc_backward_weight};
@@ -24,6 +25,9 @@ fn median_ms(mut f: impl FnMut()) -> f64 {
 
 fn main() {
     resnet_core::kernels::memory::keep_freed_memory_for_reuse();
+    if std::env::args().any(|a| a == "direct") {
+        winograd::set_enabled_for_training(false);
+    }
     let a: Vec<usize> = std::env::args().skip(1).filter_map(|s| s.parse().ok()).collect();
     let [n, h, c_in, c_out, k, stride] =
         [0, 1, 2, 3, 4, 5].map(|i| a.get(i).copied().unwrap_or([128, 28, 16, 16, 3, 1][i]));

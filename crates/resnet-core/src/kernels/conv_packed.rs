@@ -9,6 +9,7 @@ use super::buffers::take_buffer;
 #[cfg(test)]
 use super::conv::conv2d_nhwc_direct;
 use super::conv::{conv2d_nhwc, im2col_rows, with_patch_buffer, Conv2dGeometry, Epilogue};
+use super::conv_implicit;
 use super::packed_gemm::{for_each_row_tile, packed_matmul, packed_matmul_serial, Lhs, PackedEpilogue, PackedMatrix};
 use super::packed_gemm_bf16::{packed_matmul_bf16, packed_matmul_bf16_rows, PackedMatrixBf16, RowSource};
 use super::winograd::{self, WinogradConv};
@@ -267,10 +268,12 @@ pub(crate) fn conv2d_nhwc_packed(
         packed.matmul(&x.data, rows, c_in, &mut out.data, &e);
         return out;
     }
-    // Each parallel tile of output rows builds its own patches (im2col) on its thread, and
-    // multiplies them while they are in cache: no patch matrix goes through memory.
+    // Each parallel tile of output rows reads its patches straight from the (padded) input
+    // where it can; otherwise it builds them (im2col) on its thread, and multiplies them
+    // while they are in cache: no patch matrix goes through memory.
     let k = g.filter_len();
     match packed {
+        PackedRhs::F32(p) if conv_implicit::suits(g) => conv_implicit::conv2d_implicit(x, g, p, &mut out.data, &e),
         PackedRhs::F32(p) => for_each_row_tile(rows, c_out, &mut out.data, &e, |row0, tile_rows, out_tile, tile_e| {
             with_patch_buffer(|patches| {
                 if patches.len() < tile_rows * k {

@@ -6,6 +6,7 @@ pub mod batchnorm;
 pub mod buffers;
 pub mod conv;
 pub mod conv_backward;
+pub mod conv_implicit;
 pub mod conv_packed;
 pub mod elementwise;
 #[cfg(test)]

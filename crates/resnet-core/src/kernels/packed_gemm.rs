@@ -22,7 +22,7 @@ pub const NR: usize = 32;
 /// two `B` vectors and the broadcast.
 pub const MR: usize = 12;
 /// Depth of one block of `K` (a `KC × NR` block of `B` is 32 KiB, an L1's worth).
-const KC: usize = 256;
+pub(crate) const KC: usize = 256;
 /// Most rows per parallel task: the task's rows of `a` for one `K` block stay in L2.
 const MAX_TILE_ROWS: usize = 16 * MR;
 

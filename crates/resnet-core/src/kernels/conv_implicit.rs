@@ -1,0 +1,368 @@
+//! Implicit-GEMM convolution: the micro-kernel reads each patch straight from a zero-padded
+//! copy of the NHWC input instead of from an im2col matrix.
+//!
+//! For a run of output pixels along one output row, the input pixels under filter tap
+//! `(ky, kx)` are equally spaced in the padded input (`stride · C` apart), and each one's
+//! `C` channels are contiguous. So the `[run, K = KH·KW·C]` patch matrix of the run is, tap
+//! by tap, a strided view of the padded input: the micro-kernel walks the taps as
+//! *segments* of `C` values, each at its own offset, with the same row stride. What im2col
+//! wrote and read back (9 values per input value for a 3x3 filter, 19% of a CIFAR
+//! ResNet-20 training step) becomes one padded copy of the input.
+//!
+//! The price: a micro-tile may not cross the end of an output row, so each row is cut into
+//! runs of near-equal length of at most [`MR`] pixels (a 32-wide row: 11 + 11 + 10; 14: 7 +
+//! 7), shorter than the 12 rows the im2col path always gets. Used where the CPU has
+//! AVX-512 and each tap has at least [`MIN_CHANNELS`] channels ([`suits`]); the stem's
+//! 3-channel taps keep im2col.
+
+use rayon::prelude::*;
+
+use super::buffers::{recycle, take_buffer};
+use super::conv::Conv2dGeometry;
+use super::packed_gemm::{
+    avx512_available, best_path, for_each_row_tile, GemmPath, PackedEpilogue, PackedMatrix, KC, MR,
+};
+use crate::tensor::Tensor;
+
+/// Fewest input channels per tap for the implicit path: shorter segments spend more on
+/// loop overhead than im2col's copies cost (the 3-channel stem).
+pub const MIN_CHANNELS: usize = 8;
+
+/// Largest filter (`K · C_out · 4` bytes) computed by the implicit path: where the
+/// weights stay in L2, its shorter runs cost nothing; ResNet-50's 512-channel layers at 7x7
+/// (runs of 7 instead of micro-tiles of 12) streamed their 9.4 MB of weights 1.7x as often
+/// and ran up to 1.8x slower.
+pub const MAX_FILTER_BYTES: usize = 1 << 20;
+
+/// Whether [`conv2d_implicit`] computes `g` on this CPU: ungrouped, stride 1 (stride 2
+/// reads every other pixel's cache lines and ran 10-25% slower than im2col on the CIFAR
+/// nets' downsampling layers), not 1x1 (which needs no patches at all), at least
+/// [`MIN_CHANNELS`] input channels, at most [`MAX_FILTER_BYTES`] of weights, and the
+/// AVX-512 path (the portable path keeps im2col).
+pub(crate) fn suits(g: &Conv2dGeometry) -> bool {
+    g.groups == 1
+        && g.stride == 1
+        && !g.is_pointwise()
+        && g.in_channels >= MIN_CHANNELS
+        && 4 * g.weight_len() <= MAX_FILTER_BYTES
+        && best_path() == GemmPath::Avx512
+        && avx512_available()
+}
+
+/// One micro-tile: `len` output pixels of one output row, starting at row `first` of the
+/// tile, whose tap `(0, 0)` window starts at `a_base` in the padded input.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct Run {
+    pub(super) first: usize,
+    pub(super) len: usize,
+    pub(super) a_base: usize,
+}
+
+/// A block of `K` (at most `KC` values): segments `(offset from a run's a_base, length)`.
+pub(super) type KBlock = Vec<(usize, usize)>;
+
+/// `out[N·OH·OW, C_out] = epilogue(conv(x, packed))` for NHWC `x` and weights packed as
+/// `[K = KH·KW·C_in, C_out]` (OHWI order of `K`). Panics when [`suits`] is false or the
+/// shapes disagree (caller bugs).
+pub(crate) fn conv2d_implicit(
+    x: &Tensor,
+    g: &Conv2dGeometry,
+    packed: &PackedMatrix,
+    out: &mut [f32],
+    e: &PackedEpilogue<'_>,
+) {
+    assert!(suits(g), "conv2d_implicit needs an ungrouped convolution on the AVX-512 path");
+    let (n, h, w, c) = (x.shape[0], x.shape[1], x.shape[2], x.shape[3]);
+    assert_eq!(c, g.in_channels);
+    assert_eq!((packed.k(), packed.n()), (g.filter_len(), g.out_channels));
+    let (oh, ow) = g.output_hw(h, w);
+    let rows = n * oh * ow;
+    assert_eq!(out.len(), rows * g.out_channels);
+    if rows == 0 || g.out_channels == 0 {
+        return;
+    }
+    let p = g.padding;
+    let (hp, wp) = (h + 2 * p, w + 2 * p);
+    let padded = (p > 0).then(|| pad(x, p));
+    let a: &[f32] = padded.as_deref().unwrap_or(&x.data);
+    let taps: Vec<usize> = (0..g.kernel_h).flat_map(|ky| (0..g.kernel_w).map(move |kx| (ky * wp + kx) * c)).collect();
+    let blocks = k_blocks(&taps, c);
+    let row_stride = g.stride * c;
+    let geometry = RunGeometry { oh, ow, hp, wp, c, stride: g.stride };
+    for_each_row_tile(rows, g.out_channels, out, e, |row0, tile_rows, out_tile, tile_e| {
+        let runs = runs_of(&geometry, row0, tile_rows);
+        #[cfg(target_arch = "x86_64")]
+        avx512::tile(a, row_stride, &blocks, &runs, packed, out_tile, tile_e);
+    });
+    if let Some(buffer) = padded {
+        recycle(Tensor { shape: vec![buffer.len()], data: buffer });
+    }
+}
+
+/// `x` with `p` zero pixels on every side: `[N, H + 2p, W + 2p, C]`, one padded row per task.
+fn pad(x: &Tensor, p: usize) -> Vec<f32> {
+    let (n, h, w, c) = (x.shape[0], x.shape[1], x.shape[2], x.shape[3]);
+    let (hp, wp) = (h + 2 * p, w + 2 * p);
+    // Every value is written below (zeros or a copy), so a reused buffer needs no clearing.
+    let mut padded = take_buffer(n * hp * wp * c);
+    padded.par_chunks_mut((wp * c).max(1)).with_min_len(8).enumerate().for_each(|(row, dst)| {
+        let (image, y) = (row / hp, row % hp);
+        if y < p || y >= h + p {
+            dst.fill(0.0);
+            return;
+        }
+        dst[..p * c].fill(0.0);
+        dst[(w + p) * c..].fill(0.0);
+        let src = ((image * h + y - p) * w) * c;
+        dst[p * c..(w + p) * c].copy_from_slice(&x.data[src..src + w * c]);
+    });
+    padded
+}
+
+/// `K` in blocks of at most `KC` values, in OHWI order: whole taps where they fit, a tap of
+/// more than `KC` channels split. `taps` are the taps' offsets in the padded input.
+fn k_blocks(taps: &[usize], c: usize) -> Vec<KBlock> {
+    let mut blocks = Vec::new();
+    let (mut current, mut len) = (KBlock::new(), 0);
+    for &tap in taps {
+        let mut c0 = 0;
+        while c0 < c {
+            let take = (c - c0).min(KC - len);
+            current.push((tap + c0, take));
+            (len, c0) = (len + take, c0 + take);
+            if len == KC {
+                blocks.push(std::mem::take(&mut current));
+                len = 0;
+            }
+        }
+    }
+    if !current.is_empty() {
+        blocks.push(current);
+    }
+    blocks
+}
+
+/// The output and padded-input sizes that place a run.
+struct RunGeometry {
+    oh: usize,
+    ow: usize,
+    hp: usize,
+    wp: usize,
+    c: usize,
+    stride: usize,
+}
+
+/// The runs of output rows `row0..row0 + rows`: each output row cut at the same
+/// `ceil(OW / MR)` near-equal points, and at the tile's ends.
+fn runs_of(g: &RunGeometry, row0: usize, rows: usize) -> Vec<Run> {
+    let pieces = g.ow.div_ceil(MR);
+    let cut = |j: usize| j * g.ow / pieces; // start of piece j of a row
+    let mut runs = Vec::with_capacity(rows.div_ceil(MR) + 2);
+    let mut pixel = row0;
+    while pixel < row0 + rows {
+        let (image, rem) = (pixel / (g.oh * g.ow), pixel % (g.oh * g.ow));
+        let (oy, ox) = (rem / g.ow, rem % g.ow);
+        // The piece holding `ox`: the estimate is off by at most one where cuts round down.
+        let mut piece = ox * pieces / g.ow;
+        while cut(piece + 1) <= ox {
+            piece += 1;
+        }
+        while cut(piece) > ox {
+            piece -= 1;
+        }
+        let len = (cut(piece + 1) - ox).min(row0 + rows - pixel);
+        let a_base = ((image * g.hp + oy * g.stride) * g.wp + ox * g.stride) * g.c;
+        runs.push(Run { first: pixel - row0, len, a_base });
+        pixel += len;
+    }
+    runs
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx512 {
+    use std::arch::x86_64::*;
+
+    use super::super::packed_gemm::avx512::{initial_sums, store_sums, Destination};
+    use super::super::packed_gemm::{micro_kernel_for, PackedEpilogue, PackedMatrix, NR};
+    use super::{KBlock, Run};
+
+    /// One tile of output rows: for each block of `K`, each panel of `NR` columns, each run.
+    pub(super) fn tile(
+        a: &[f32],
+        row_stride: usize,
+        blocks: &[KBlock],
+        runs: &[Run],
+        b: &PackedMatrix,
+        out: &mut [f32],
+        e: &PackedEpilogue<'_>,
+    ) {
+        let n = b.n();
+        let mut k0 = 0;
+        for (index, segments) in blocks.iter().enumerate() {
+            let kc: usize = segments.iter().map(|s| s.1).sum();
+            let (first, last) = (index == 0 && !e.accumulate, index + 1 == blocks.len());
+            for p in 0..n.div_ceil(NR) {
+                let panel = &b.panel(p)[k0 * NR..(k0 + kc) * NR];
+                for run in runs {
+                    let mut block = SegmentBlock {
+                        a: &a[run.a_base..],
+                        row_stride,
+                        segments,
+                        panel,
+                        dest: Destination::new(out, n, run.first, p, first, last, e),
+                    };
+                    block.check(run.len);
+                    // SAFETY: `suits` checked AVX-512F at run time before this path was
+                    // taken, and `check` proved every pointer the kernel forms lies inside
+                    // its slice.
+                    unsafe { dispatch(run.len, &mut block) };
+                }
+            }
+            k0 += kc;
+        }
+    }
+
+    /// One micro-tile's operands: `mr` output pixels whose patch values for segment
+    /// `(offset, len)` are `a[offset + r·row_stride ..][..len]`, and the matching `K` block
+    /// of a panel (`Σ len × NR` values).
+    struct SegmentBlock<'a> {
+        a: &'a [f32],
+        row_stride: usize,
+        segments: &'a [(usize, usize)],
+        panel: &'a [f32],
+        dest: Destination<'a>,
+    }
+
+    impl SegmentBlock<'_> {
+        /// Every index the kernel touches for `mr` rows is in bounds (panics otherwise).
+        fn check(&self, mr: usize) {
+            self.dest.check(mr);
+            let mut kc = 0;
+            for &(offset, len) in self.segments {
+                if len > 0 {
+                    assert!(self.a.len() > offset + (mr - 1) * self.row_stride + len - 1);
+                }
+                kc += len;
+            }
+            assert!(self.panel.len() >= kc * NR);
+        }
+    }
+
+    /// # Safety
+    /// The CPU supports AVX-512F and `block.check(mr)` passed.
+    unsafe fn dispatch(mr: usize, block: &mut SegmentBlock<'_>) {
+        // SAFETY (each arm): forwarded from this function's contract; `REGS = 1` only when
+        // the panel has at most 16 columns, which is all that kernel reads and writes.
+        unsafe { micro_kernel_for!(segment_kernel, mr, block.dest.cols > 16, block) }
+    }
+
+    /// The micro-kernel: `ROWS × 16·REGS` sums in registers across the segments.
+    ///
+    /// # Safety
+    /// The CPU supports AVX-512F, `block.check(ROWS)` passed, and `REGS` is 1 or 2 with
+    /// `REGS = 1` only when `block.dest.cols ≤ 16`.
+    #[target_feature(enable = "avx512f")]
+    unsafe fn segment_kernel<const ROWS: usize, const REGS: usize>(block: &mut SegmentBlock<'_>) {
+        let a = block.a.as_ptr();
+        let mut b = block.panel.as_ptr();
+        let rs = block.row_stride;
+        // SAFETY: `check(ROWS)` bounds every offset below: element c < len of segment
+        // (offset, len) for row r < ROWS at offset + r·rs + c; one panel row of NR values
+        // per value of K (REGS·16 ≤ NR); the destination as `initial_sums` and `store_sums`
+        // require.
+        unsafe {
+            let mut acc = initial_sums::<ROWS, REGS>(&block.dest);
+            for &(offset, len) in block.segments {
+                let a_segment = a.add(offset);
+                for c in 0..len {
+                    let mut bv = [_mm512_setzero_ps(); REGS];
+                    for (j, v) in bv.iter_mut().enumerate() {
+                        *v = _mm512_loadu_ps(b.add(16 * j));
+                    }
+                    let a_c = a_segment.add(c);
+                    for (r, acc_r) in acc.iter_mut().enumerate() {
+                        let av = _mm512_set1_ps(*a_c.add(r * rs));
+                        for (v, bj) in acc_r.iter_mut().zip(&bv) {
+                            *v = _mm512_fmadd_ps(av, *bj, *v);
+                        }
+                    }
+                    b = b.add(NR);
+                }
+            }
+            store_sums::<ROWS, REGS>(acc, &mut block.dest);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kernels::conv::im2col_rows;
+    use crate::kernels::packed_gemm::{packed_matmul, NR};
+    use crate::prng::SplitMix64;
+
+    fn geometry(c_in: usize, c_out: usize, k: usize, stride: usize, padding: usize) -> Conv2dGeometry {
+        Conv2dGeometry { in_channels: c_in, out_channels: c_out, kernel_h: k, kernel_w: k, stride, padding, groups: 1 }
+    }
+
+    /// Runs cover every pixel once, in order, never cross an output row or exceed MR.
+    #[test]
+    fn runs_tile_the_rows() {
+        for (oh, ow) in [(3, 32), (2, 14), (4, 7), (1, 1), (2, 25), (3, 13)] {
+            let g = RunGeometry { oh, ow, hp: oh + 2, wp: ow + 2, c: 1, stride: 1 };
+            for (row0, rows) in [(0, 2 * oh * ow), (5, 17), (ow - 1, 3)] {
+                let runs = runs_of(&g, row0, rows);
+                let mut next = 0;
+                for r in &runs {
+                    assert_eq!(r.first, next);
+                    assert!(r.len >= 1 && r.len <= MR);
+                    let start = (row0 + r.first) % ow;
+                    assert!(start + r.len <= ow, "{oh}x{ow}: run crosses a row");
+                    next += r.len;
+                }
+                assert_eq!(next, rows);
+            }
+        }
+    }
+
+    /// Against im2col + the same packed GEMM, on stride-1 shapes (3x3 and 5x5, odd sizes,
+    /// rows shorter and longer than a micro-tile, channel counts not a multiple of 16,
+    /// several K blocks, a tap split across blocks) with bias, residual and ReLU: the same products summed in the same order,
+    /// so equal to rounding (1e-5 relative).
+    #[test]
+    fn implicit_equals_im2col() {
+        if !suits(&geometry(16, 16, 3, 1, 1)) {
+            eprintln!("no AVX-512 here: the implicit path is not used");
+            return;
+        }
+        let mut rng = SplitMix64::new(5);
+        let mut random = |len: usize| -> Vec<f32> { (0..len).map(|_| rng.uniform_f32(-1.0, 1.0)).collect() };
+        for (g, n, h, w) in [
+            (geometry(16, 16, 3, 1, 1), 2, 9, 32),
+            (geometry(24, 40, 3, 1, 1), 2, 15, 14),
+            (geometry(64, 20, 3, 1, 1), 1, 7, 7),
+            (geometry(300, 33, 3, 1, 1), 1, 5, 6),
+            (geometry(8, NR + 3, 3, 1, 1), 3, 5, 13),
+            (geometry(16, 8, 5, 1, 2), 2, 6, 9),
+        ] {
+            assert!(suits(&g), "{g:?}");
+            let x = Tensor::from_vec(&[n, h, w, g.in_channels], random(n * h * w * g.in_channels)).unwrap();
+            let weight = random(g.weight_len());
+            let packed = PackedMatrix::from_rows(&weight, g.out_channels, g.filter_len(), None);
+            let (oh, ow) = g.output_hw(h, w);
+            let rows = n * oh * ow;
+            let bias = random(g.out_channels);
+            let residual = random(rows * g.out_channels);
+            let e = PackedEpilogue { bias: Some(&bias), residual: Some(&residual), relu: true, accumulate: false };
+            let mut patches = vec![0.0; rows * g.filter_len()];
+            im2col_rows(&x, &g, (oh, ow), 0, 0, &mut patches);
+            let mut expected = vec![0.0; rows * g.out_channels];
+            packed_matmul(&patches, rows, g.filter_len(), &packed, &mut expected, &e);
+            let mut got = vec![f32::NAN; rows * g.out_channels];
+            conv2d_implicit(&x, &g, &packed, &mut got, &e);
+            for (a, b) in got.iter().zip(&expected) {
+                assert!((a - b).abs() <= 1e-5 * (1.0 + b.abs()), "{g:?} {n}x{h}x{w}: {a} vs {b}");
+            }
+        }
+    }
+}
