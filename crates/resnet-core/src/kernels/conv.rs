@@ -104,9 +104,8 @@ pub fn conv2d_nhwc_direct(input: &Tensor, weight: &[f32], geom: &Conv2dGeometry,
     let (oh, ow) = geom.output_hw(h, w);
     let c_out = geom.out_channels;
     let rows = n * oh * ow;
-    let mut out = Tensor::zeros(&[n, oh, ow, c_out]);
     if rows == 0 || c_out == 0 {
-        return out;
+        return Tensor::zeros(&[n, oh, ow, c_out]);
     }
     if geom.groups == 1 {
         // Pack the weights once per call (BN's scale folded in when given), and let the
@@ -122,6 +121,7 @@ pub fn conv2d_nhwc_direct(input: &Tensor, weight: &[f32], geom: &Conv2dGeometry,
         );
     }
     // Grouped (ResNeXt): one GEMM per group, in row chunks so patches stay bounded.
+    let mut out = Tensor::zeros(&[n, oh, ow, c_out]);
     let chunk_rows = (MAX_PATCH_FLOATS / (geom.groups * geom.filter_len()).max(1)).max(1);
     let mut row0 = 0;
     while row0 < rows {

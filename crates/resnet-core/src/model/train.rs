@@ -17,11 +17,10 @@ use super::resnet::{Block, ShortcutPath};
 use super::ResNet;
 use crate::kernels::activation::relu_backward;
 use crate::kernels::batchnorm::{
-    batch_norm_backward, batch_norm_relu_backward, batch_norm_train_forward, update_running_stats, BatchNormError,
-    BatchNormSaved,
+    batch_norm_backward, batch_norm_relu_backward, batch_norm_train_forward_fused, update_running_stats,
+    BatchNormError, BatchNormSaved,
 };
 use crate::kernels::buffers::recycle;
-use crate::kernels::conv::apply_epilogue;
 use crate::kernels::conv_backward::{conv2d_nhwc_backward_input, conv2d_nhwc_backward_weight};
 use crate::kernels::linear::{linear_backward, linear_forward};
 use crate::kernels::pool::global_avg_pool_nhwc;
@@ -56,13 +55,12 @@ impl ConvBn {
         relu: bool,
     ) -> Result<(Arc<Tensor>, ConvBnCache), BatchNormError> {
         let z = conv2d_nhwc(x, &self.conv.weight.data, &self.conv.geometry, &Epilogue::default());
-        let (mut y, saved) = batch_norm_train_forward(&z, &self.bn.weight.data, &self.bn.bias.data, self.bn.eps)?;
-        drop(z);
+        let (gamma, beta) = (&self.bn.weight.data, &self.bn.bias.data);
+        let residual = residual.map(|r| r.data.as_slice());
+        let (y, saved) = batch_norm_train_forward_fused(&z, gamma, beta, self.bn.eps, residual, relu)?;
+        recycle(z);
         update_running_stats(&mut self.bn.running_mean.data, &mut self.bn.running_var.data, &saved, BN_MOMENTUM);
         self.bn.num_batches_tracked.count += 1;
-        let c = y.shape[3];
-        let epilogue = Epilogue { residual: residual.map(|r| r.data.as_slice()), relu, ..Epilogue::default() };
-        apply_epilogue(&mut y.data, c, &epilogue);
         let y = Arc::new(y);
         let cache = ConvBnCache {
             input: Arc::clone(x),

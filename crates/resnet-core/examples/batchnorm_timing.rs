@@ -1,0 +1,38 @@
+//! Times training-mode BatchNorm forward (+ ReLU) and backward on one activation shape, to
+//! see what the element-wise part of a training step costs.
+//!   cargo run --release -p resnet-core --example batchnorm_timing -- N H C
+use std::time::Instant;
+
+use resnet_core::kernels::batchnorm::{batch_norm_relu_backward, batch_norm_train_forward_fused};
+use resnet_core::model::seeded::seeded_values;
+use resnet_core::Tensor;
+
+fn median_ms(mut f: impl FnMut()) -> f64 {
+    f();
+    let mut times: Vec<f64> = (0..15)
+        .map(|_| {
+            let t = Instant::now();
+            f();
+            t.elapsed().as_secs_f64() * 1e3
+        })
+        .collect();
+    times.sort_by(f64::total_cmp);
+    times[times.len() / 2]
+}
+
+fn main() {
+    resnet_core::kernels::memory::keep_freed_memory_for_reuse();
+    let a: Vec<usize> = std::env::args().skip(1).filter_map(|s| s.parse().ok()).collect();
+    let [n, h, c] = [0, 1, 2].map(|i| a.get(i).copied().unwrap_or([128, 32, 16][i]));
+    let len = n * h * h * c;
+    let x = Tensor::from_vec(&[n, h, h, c], seeded_values(1, len, -1.0, 3.0)).expect("shape");
+    let residual = seeded_values(2, len, -1.0, 1.0);
+    let grad = Tensor::from_vec(&[n, h, h, c], seeded_values(3, len, -1.0, 1.0)).expect("shape");
+    let (gamma, beta) = (vec![1.1; c], vec![0.1; c]);
+    let forward = || batch_norm_train_forward_fused(&x, &gamma, &beta, 1e-5, Some(&residual), true).expect("batch");
+    let fwd = median_ms(|| drop(forward()));
+    let (y, saved) = forward();
+    let bwd = median_ms(|| drop(batch_norm_relu_backward(&grad, &y, &saved, &gamma)));
+    let mb = (len * 4) as f64 / 1e6;
+    println!("[{n}, {h}, {h}, {c}] ({mb:.1} MB): forward+residual+relu {fwd:.2} ms, backward {bwd:.2} ms");
+}
