@@ -83,20 +83,104 @@ pub(crate) fn conv2d_implicit(
     }
     let p = g.padding;
     let (hp, wp) = (h + 2 * p, w + 2 * p);
-    let padded = (p > 0).then(|| pad(x, p));
-    let a: &[f32] = padded.as_deref().unwrap_or(&x.data);
-    let taps: Vec<usize> = (0..g.kernel_h).flat_map(|ky| (0..g.kernel_w).map(move |kx| (ky * wp + kx) * c)).collect();
+    let taps = tap_offsets(g, wp);
     let blocks = k_blocks(&taps, c);
     let row_stride = g.stride * c;
     let geometry = RunGeometry { oh, ow, hp, wp, c, stride: g.stride };
-    for_each_row_tile(rows, g.out_channels, out, e, |row0, tile_rows, out_tile, tile_e| {
-        let runs = runs_of(&geometry, row0, tile_rows);
-        #[cfg(target_arch = "x86_64")]
-        avx512::tile(a, row_stride, &blocks, &runs, packed, out_tile, tile_e);
+    with_padded(x, p, |a| {
+        for_each_row_tile(rows, g.out_channels, out, e, |row0, tile_rows, out_tile, tile_e| {
+            let runs = runs_of(&geometry, row0, tile_rows);
+            #[cfg(target_arch = "x86_64")]
+            avx512::tile(a, (row_stride, 1), &blocks, &runs, packed, out_tile, tile_e);
+        });
     });
-    if let Some(buffer) = padded {
-        recycle(Tensor { shape: vec![buffer.len()], data: buffer });
+}
+
+/// Runs `f` on `x`'s values zero-padded by `p` on every side (`x` itself when `p` is 0).
+pub(crate) fn with_padded<R>(x: &Tensor, p: usize, f: impl FnOnce(&[f32]) -> R) -> R {
+    if p == 0 {
+        return f(&x.data);
     }
+    let padded = pad(x, p);
+    let result = f(&padded);
+    recycle(Tensor { shape: vec![padded.len()], data: padded });
+    result
+}
+
+/// Offsets of the filter taps `(ky, kx)`, in OHWI order, from a window's first value in
+/// an input padded to `wp` pixels per row.
+fn tap_offsets(g: &Conv2dGeometry, wp: usize) -> Vec<usize> {
+    let c = g.in_channels;
+    (0..g.kernel_h).flat_map(|ky| (0..g.kernel_w).map(move |kx| (ky * wp + kx) * c)).collect()
+}
+
+/// The weight gradient's share of output pixels `first..first + len` of a convolution that
+/// [`suits`] this path: `sum[K, C_out] = Σ_pixels patch(pixel)ᵀ · grad(pixel)` (`+=` with
+/// `accumulate`), with the patches read from `padded` (`x` zero-padded by `g.padding`, `x`
+/// of `h × w`) and `grad` the pixels' output gradients packed as `[len, C_out]`.
+///
+/// The transpose of the forward's product: a row of a micro-tile is one value of K (a
+/// channel under one tap), so a micro-tile is up to [`MR`] consecutive channels of one tap,
+/// consecutive in memory for each pixel; `K` of the product is the pixels, walked in
+/// segments that stop at output-row ends (`stride · C` apart within one).
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn weight_gradient_implicit(
+    padded: &[f32],
+    g: &Conv2dGeometry,
+    (h, w): (usize, usize),
+    first: usize,
+    len: usize,
+    grad: &PackedMatrix,
+    accumulate: bool,
+    sum: &mut [f32],
+) {
+    assert!(suits(g), "weight_gradient_implicit needs a convolution that suits the implicit path");
+    let c = g.in_channels;
+    assert_eq!((grad.k(), grad.n()), (len, g.out_channels));
+    assert_eq!(sum.len(), g.filter_len() * g.out_channels);
+    let (oh, ow) = g.output_hw(h, w);
+    let p = g.padding;
+    let (hp, wp) = (h + 2 * p, w + 2 * p);
+    let geometry = RunGeometry { oh, ow, hp, wp, c, stride: g.stride };
+    let blocks = pixel_blocks(&geometry, first, len);
+    // Micro-tiles of rows: each tap's channels cut into near-equal pieces of at most MR.
+    let pieces = c.div_ceil(MR);
+    let row_tiles: Vec<Run> = tap_offsets(g, wp)
+        .iter()
+        .enumerate()
+        .flat_map(|(t, &offset)| {
+            (0..pieces).map(move |j| {
+                let (c0, c1) = (j * c / pieces, (j + 1) * c / pieces);
+                Run { first: t * c + c0, len: c1 - c0, a_base: offset + c0 }
+            })
+        })
+        .filter(|run| run.len > 0)
+        .collect();
+    #[cfg(target_arch = "x86_64")]
+    avx512::weight_gradient_tile(padded, g.stride * c, &blocks, &row_tiles, grad, accumulate, sum);
+}
+
+/// Output pixels `first..first + len` as segments `(offset of the pixel's window in the
+/// padded input, pixels)` that stop at output-row ends, in blocks of at most `KC` pixels.
+fn pixel_blocks(g: &RunGeometry, first: usize, len: usize) -> Vec<KBlock> {
+    let mut blocks = Vec::new();
+    let (mut current, mut in_block) = (KBlock::new(), 0);
+    let mut pixel = first;
+    while pixel < first + len {
+        let (image, rem) = (pixel / (g.oh * g.ow), pixel % (g.oh * g.ow));
+        let (oy, ox) = (rem / g.ow, rem % g.ow);
+        let take = (g.ow - ox).min(first + len - pixel).min(KC - in_block);
+        current.push((((image * g.hp + oy * g.stride) * g.wp + ox * g.stride) * g.c, take));
+        (pixel, in_block) = (pixel + take, in_block + take);
+        if in_block == KC {
+            blocks.push(std::mem::take(&mut current));
+            in_block = 0;
+        }
+    }
+    if !current.is_empty() {
+        blocks.push(current);
+    }
+    blocks
 }
 
 /// `x` with `p` zero pixels on every side: `[N, H + 2p, W + 2p, C]`, one padded row per task.
@@ -186,10 +270,11 @@ mod avx512 {
     use super::super::packed_gemm::{micro_kernel_for, PackedEpilogue, PackedMatrix, NR};
     use super::{KBlock, Run};
 
-    /// One tile of output rows: for each block of `K`, each panel of `NR` columns, each run.
+    /// One tile of output rows: for each block of `K`, each panel of `NR` columns, each run;
+    /// `strides` are `a`'s (row, column) strides within a segment.
     pub(super) fn tile(
         a: &[f32],
-        row_stride: usize,
+        strides: (usize, usize),
         blocks: &[KBlock],
         runs: &[Run],
         b: &PackedMatrix,
@@ -206,7 +291,7 @@ mod avx512 {
                 for run in runs {
                     let mut block = SegmentBlock {
                         a: &a[run.a_base..],
-                        row_stride,
+                        strides,
                         segments,
                         panel,
                         dest: Destination::new(out, n, run.first, p, first, last, e),
@@ -222,12 +307,30 @@ mod avx512 {
         }
     }
 
-    /// One micro-tile's operands: `mr` output pixels whose patch values for segment
-    /// `(offset, len)` are `a[offset + r·row_stride ..][..len]`, and the matching `K` block
+    /// The weight gradient's product `sum[K, C_out] (+)= Aᵀ-style rows × grad`: for each
+    /// block of pixels, each panel of output channels, each micro-tile of K rows (one
+    /// tap's channels); within a segment, rows are consecutive channels (stride 1) and
+    /// pixels `col_stride` apart.
+    pub(super) fn weight_gradient_tile(
+        a: &[f32],
+        col_stride: usize,
+        blocks: &[KBlock],
+        row_tiles: &[Run],
+        grad: &PackedMatrix,
+        accumulate: bool,
+        sum: &mut [f32],
+    ) {
+        let e = PackedEpilogue { accumulate, ..PackedEpilogue::default() };
+        tile(a, (1, col_stride), blocks, row_tiles, grad, sum, &e);
+    }
+
+    /// One micro-tile's operands: `mr` rows whose values for segment `(offset, len)` are
+    /// `a[offset + r·row_stride + i·col_stride]` for `i < len`, and the matching `K` block
     /// of a panel (`Σ len × NR` values).
     struct SegmentBlock<'a> {
         a: &'a [f32],
-        row_stride: usize,
+        /// (row stride, column stride).
+        strides: (usize, usize),
         segments: &'a [(usize, usize)],
         panel: &'a [f32],
         dest: Destination<'a>,
@@ -238,9 +341,10 @@ mod avx512 {
         fn check(&self, mr: usize) {
             self.dest.check(mr);
             let mut kc = 0;
+            let (rs, cs) = self.strides;
             for &(offset, len) in self.segments {
                 if len > 0 {
-                    assert!(self.a.len() > offset + (mr - 1) * self.row_stride + len - 1);
+                    assert!(self.a.len() > offset + (mr - 1) * rs + (len - 1) * cs);
                 }
                 kc += len;
             }
@@ -265,9 +369,9 @@ mod avx512 {
     unsafe fn segment_kernel<const ROWS: usize, const REGS: usize>(block: &mut SegmentBlock<'_>) {
         let a = block.a.as_ptr();
         let mut b = block.panel.as_ptr();
-        let rs = block.row_stride;
+        let (rs, cs) = block.strides;
         // SAFETY: `check(ROWS)` bounds every offset below: element c < len of segment
-        // (offset, len) for row r < ROWS at offset + r·rs + c; one panel row of NR values
+        // (offset, len) for row r < ROWS at offset + r·rs + c·cs; one panel row of NR values
         // per value of K (REGS·16 ≤ NR); the destination as `initial_sums` and `store_sums`
         // require.
         unsafe {
@@ -279,7 +383,7 @@ mod avx512 {
                     for (j, v) in bv.iter_mut().enumerate() {
                         *v = _mm512_loadu_ps(b.add(16 * j));
                     }
-                    let a_c = a_segment.add(c);
+                    let a_c = a_segment.add(c * cs);
                     for (r, acc_r) in acc.iter_mut().enumerate() {
                         let av = _mm512_set1_ps(*a_c.add(r * rs));
                         for (v, bj) in acc_r.iter_mut().zip(&bv) {
@@ -321,6 +425,54 @@ mod tests {
                     next += r.len;
                 }
                 assert_eq!(next, rows);
+            }
+        }
+    }
+
+    /// The weight gradient against `patchesᵀ · grad` from im2col, over pixel ranges that
+    /// start and end mid-row and span images, with and without accumulation.
+    #[test]
+    fn implicit_weight_gradient_equals_im2col() {
+        if !suits(&geometry(16, 16, 3, 1, 1)) {
+            return;
+        }
+        let mut rng = SplitMix64::new(6);
+        let mut random = |len: usize| -> Vec<f32> { (0..len).map(|_| rng.uniform_f32(-1.0, 1.0)).collect() };
+        for (g, n, h, w) in [
+            (geometry(16, 16, 3, 1, 1), 2, 9, 13),
+            (geometry(20, 40, 3, 1, 1), 2, 7, 5),
+            (geometry(8, 8, 5, 1, 2), 1, 6, 6),
+        ] {
+            let x = Tensor::from_vec(&[n, h, w, g.in_channels], random(n * h * w * g.in_channels)).unwrap();
+            let (oh, ow) = g.output_hw(h, w);
+            let rows = n * oh * ow;
+            let grad = random(rows * g.out_channels);
+            let k = g.filter_len();
+            let mut patches = vec![0.0; rows * k];
+            im2col_rows(&x, &g, (oh, ow), 0, 0, &mut patches);
+            for (first, len) in [(0, rows), (3, rows - 7), (ow + 2, 2 * ow + 1)] {
+                let grad_rows = &grad[first * g.out_channels..(first + len) * g.out_channels];
+                let packed = PackedMatrix::from_kn(grad_rows, len, g.out_channels);
+                let initial = random(k * g.out_channels);
+                for accumulate in [false, true] {
+                    let mut expected = initial.clone();
+                    for kk in 0..k {
+                        for o in 0..g.out_channels {
+                            let dot: f32 = (0..len)
+                                .map(|i| patches[(first + i) * k + kk] * grad_rows[i * g.out_channels + o])
+                                .sum();
+                            let e = &mut expected[kk * g.out_channels + o];
+                            *e = if accumulate { *e + dot } else { dot };
+                        }
+                    }
+                    let mut got = initial.clone();
+                    with_padded(&x, g.padding, |a| {
+                        weight_gradient_implicit(a, &g, (h, w), first, len, &packed, accumulate, &mut got)
+                    });
+                    for (a, b) in got.iter().zip(&expected) {
+                        assert!((a - b).abs() <= 1e-4 * (1.0 + b.abs()), "{g:?} rows {first}+{len}: {a} vs {b}");
+                    }
+                }
             }
         }
     }
