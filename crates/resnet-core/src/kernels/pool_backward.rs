@@ -33,28 +33,33 @@ pub fn max_pool2d_nhwc_with_indices(
         return (out, indices);
     }
     let x = &input.data;
-    out.data.par_chunks_mut(c).zip(indices.par_chunks_mut(c)).enumerate().for_each(|(r, (dst, arg))| {
-        let (b, rem) = (r / (oh * ow), r % (oh * ow));
-        let (oy, ox) = (rem / ow, rem % ow);
-        // The window clipped to the image (never empty, since padding ≤ kernel / 2).
-        let y0 = (oy * stride).saturating_sub(padding);
-        let y1 = (oy * stride + kernel - padding).min(h);
-        let x0 = (ox * stride).saturating_sub(padding);
-        let x1 = (ox * stride + kernel - padding).min(w);
-        dst.fill(f32::NEG_INFINITY);
-        arg.fill(y0 * w + x0);
-        for iy in y0..y1 {
-            for ix in x0..x1 {
-                let src = &x[((b * h + iy) * w + ix) * c..][..c];
-                for ((d, a), &s) in dst.iter_mut().zip(arg.iter_mut()).zip(src) {
-                    if s > *d || s.is_nan() {
-                        *d = s;
-                        *a = iy * w + ix;
+    // One task per output row rather than per pixel (50k tasks at batch 16).
+    let row_len = ow * c;
+    out.data.par_chunks_mut(row_len).zip(indices.par_chunks_mut(row_len)).enumerate().for_each(
+        |(row, (dst_row, arg_row))| {
+            let (b, oy) = (row / oh, row % oh);
+            // The window clipped to the image (never empty, since padding ≤ kernel / 2).
+            let y0 = (oy * stride).saturating_sub(padding);
+            let y1 = (oy * stride + kernel - padding).min(h);
+            for (ox, (dst, arg)) in dst_row.chunks_mut(c).zip(arg_row.chunks_mut(c)).enumerate() {
+                let x0 = (ox * stride).saturating_sub(padding);
+                let x1 = (ox * stride + kernel - padding).min(w);
+                dst.fill(f32::NEG_INFINITY);
+                arg.fill(y0 * w + x0);
+                for iy in y0..y1 {
+                    for ix in x0..x1 {
+                        let src = &x[((b * h + iy) * w + ix) * c..][..c];
+                        for ((d, a), &s) in dst.iter_mut().zip(arg.iter_mut()).zip(src) {
+                            if s > *d || s.is_nan() {
+                                *d = s;
+                                *a = iy * w + ix;
+                            }
+                        }
                     }
                 }
             }
-        }
-    });
+        },
+    );
     (out, indices)
 }
 
@@ -78,8 +83,11 @@ pub fn max_pool2d_nhwc_backward(grad_out: &Tensor, indices: &[usize], input_hw: 
         .zip(grad_out.data.par_chunks(out_plane))
         .zip(indices.par_chunks(out_plane))
         .for_each(|((dst, grads), idx)| {
-            for (i, (&g, &pos)) in grads.iter().zip(idx).enumerate() {
-                dst[pos * c + i % c] += g;
+            // Pixel by pixel, so the channel is the position in the pixel (no `% c` per value).
+            for (pixel_grads, pixel_idx) in grads.chunks(c).zip(idx.chunks(c)) {
+                for (ch, (&g, &pos)) in pixel_grads.iter().zip(pixel_idx).enumerate() {
+                    dst[pos * c + ch] += g;
+                }
             }
         });
     grad_input
