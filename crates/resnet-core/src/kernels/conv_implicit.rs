@@ -12,10 +12,10 @@
 //! The price: a micro-tile may not cross the end of an output row, so each row is cut into
 //! runs of near-equal length of at most [`MR`] pixels (a 32-wide row: 10 + 11 + 11; 14:
 //! 7 + 7), shorter than the 12 rows the im2col path always gets. Used where that costs
-//! nothing ([`suits`]: stride 1, small filters, at least [`MIN_CHANNELS`] channels per tap,
+//! nothing (`suits`: stride 1, small filters, at least [`MIN_CHANNELS`] channels per tap,
 //! AVX-512); the stem's 3-channel taps and the stride-2 layers keep im2col.
 //!
-//! The weight gradient ([`weight_gradient_implicit`]) runs the same kernel transposed: a
+//! The weight gradient (`weight_gradient_implicit`) runs the same kernel transposed: a
 //! micro-tile row is one channel under one tap, and the product's `K` is the pixels.
 
 use rayon::prelude::*;

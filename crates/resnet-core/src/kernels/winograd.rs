@@ -64,7 +64,7 @@ static ENABLED_FOR_TRAINING: AtomicBool = AtomicBool::new(true);
 /// Lets (`true`, the default) or stops the uncompiled convolutions (training's forward and
 /// its 3x3 input gradients, `conv2d_nhwc`) using Winograd where it pays off. Off, every
 /// convolution is direct: rounding errors ~1e-7 of a layer's largest output instead of
-/// ~3e-6. The compiled inference plan has its own switch ([`super::CompileOptions`]).
+/// ~3e-6. The compiled inference plan has its own switch ([`super::conv_packed::CompileOptions`]).
 pub fn set_enabled_for_training(enabled: bool) {
     ENABLED_FOR_TRAINING.store(enabled, Ordering::Relaxed);
 }
