@@ -1,24 +1,12 @@
 //! Times training-mode BatchNorm forward (+ ReLU) and backward on one activation shape, to
 //! see what the element-wise part of a training step costs.
 //!   cargo run --release -p resnet-core --example batchnorm_timing -- N H C
-use std::time::Instant;
+mod common;
 
+use common::median_ms;
 use resnet_core::kernels::batchnorm::{batch_norm_relu_backward, batch_norm_train_forward_fused};
 use resnet_core::model::seeded::seeded_values;
 use resnet_core::Tensor;
-
-fn median_ms(mut f: impl FnMut()) -> f64 {
-    f();
-    let mut times: Vec<f64> = (0..15)
-        .map(|_| {
-            let t = Instant::now();
-            f();
-            t.elapsed().as_secs_f64() * 1e3
-        })
-        .collect();
-    times.sort_by(f64::total_cmp);
-    times[times.len() / 2]
-}
 
 fn main() {
     resnet_core::kernels::memory::keep_freed_memory_for_reuse();
@@ -30,9 +18,9 @@ fn main() {
     let grad = Tensor::from_vec(&[n, h, h, c], seeded_values(3, len, -1.0, 1.0)).expect("shape");
     let (gamma, beta) = (vec![1.1; c], vec![0.1; c]);
     let forward = || batch_norm_train_forward_fused(&x, &gamma, &beta, 1e-5, Some(&residual), true).expect("batch");
-    let fwd = median_ms(|| drop(forward()));
+    let fwd = median_ms(15, || drop(forward()));
     let (y, saved) = forward();
-    let bwd = median_ms(|| drop(batch_norm_relu_backward(&grad, &y, &saved, &gamma)));
+    let bwd = median_ms(15, || drop(batch_norm_relu_backward(&grad, &y, &saved, &gamma)));
     let mb = (len * 4) as f64 / 1e6;
     println!("[{n}, {h}, {h}, {c}] ({mb:.1} MB): forward+residual+relu {fwd:.2} ms, backward {bwd:.2} ms");
 }

@@ -2,26 +2,14 @@
 //! which part of a training step is slow.
 //!   cargo run --release -p resnet-core --example conv_layer_timing -- N H C_IN C_OUT K STRIDE [direct]
 //! (`direct`: no Winograd for the 3x3 stride-1 layers that would use it).
-use std::time::Instant;
+mod common;
 
+use common::median_ms;
 use resnet_core::kernels::conv_backward::{conv2d_nhwc_backward_input, conv2d_nhwc_backward_weight};
 use resnet_core::kernels::winograd::{self, WinogradConv};
 use resnet_core::kernels::{conv2d_nhwc, Conv2dGeometry, Epilogue};
 use resnet_core::model::seeded::seeded_values;
 use resnet_core::Tensor;
-
-fn median_ms(mut f: impl FnMut()) -> f64 {
-    f();
-    let mut times: Vec<f64> = (0..7)
-        .map(|_| {
-            let t = Instant::now();
-            f();
-            t.elapsed().as_secs_f64() * 1e3
-        })
-        .collect();
-    times.sort_by(f64::total_cmp);
-    times[times.len() / 2]
-}
 
 fn main() {
     resnet_core::kernels::memory::keep_freed_memory_for_reuse();
@@ -45,13 +33,13 @@ fn main() {
     let (oh, ow) = geom.output_hw(h, h);
     let g = Tensor::from_vec(&[n, oh, ow, c_out], seeded_values(3, n * oh * ow * c_out, -1.0, 1.0)).expect("shape");
     let gflop = 2.0 * (n * oh * ow * c_out * geom.filter_len()) as f64 / 1e9;
-    let bwd_in = median_ms(|| drop(conv2d_nhwc_backward_input(&g, &weight, &geom, (h, h))));
-    let fwd = median_ms(|| drop(conv2d_nhwc(&x, &weight, &geom, &Epilogue::default())));
-    let bwd_w = median_ms(|| drop(conv2d_nhwc_backward_weight(&x, &g, &geom)));
+    let bwd_in = median_ms(7, || drop(conv2d_nhwc_backward_input(&g, &weight, &geom, (h, h))));
+    let fwd = median_ms(7, || drop(conv2d_nhwc(&x, &weight, &geom, &Epilogue::default())));
+    let bwd_w = median_ms(7, || drop(conv2d_nhwc_backward_weight(&x, &g, &geom)));
     let mut rows = vec![("forward", fwd), ("backward input", bwd_in), ("backward weight", bwd_w)];
     if winograd::fits(&geom) {
         // What training's Winograd pays on every call before any product.
-        let transform = median_ms(|| drop(WinogradConv::from_filters(&weight, c_in, c_out, None, vec![0.0; c_out])));
+        let transform = median_ms(7, || drop(WinogradConv::from_filters(&weight, c_in, c_out, None, vec![0.0; c_out])));
         rows.push(("filter transform", transform));
     }
     for (name, ms) in rows {

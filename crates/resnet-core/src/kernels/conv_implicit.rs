@@ -166,24 +166,15 @@ pub(crate) fn weight_gradient_implicit(
 /// Output pixels `first..first + len` as segments `(offset of the pixel's window in the
 /// padded input, pixels)` that stop at output-row ends, in blocks of at most `KC` pixels.
 fn pixel_blocks(g: &RunGeometry, first: usize, len: usize) -> Vec<KBlock> {
-    let mut blocks = Vec::new();
-    let (mut current, mut in_block) = (KBlock::new(), 0);
+    let mut blocks = KBlocks::default();
     let mut pixel = first;
     while pixel < first + len {
-        let (image, rem) = (pixel / (g.oh * g.ow), pixel % (g.oh * g.ow));
-        let (oy, ox) = (rem / g.ow, rem % g.ow);
-        let take = (g.ow - ox).min(first + len - pixel).min(KC - in_block);
-        current.push((((image * g.hp + oy * g.stride) * g.wp + ox * g.stride) * g.c, take));
-        (pixel, in_block) = (pixel + take, in_block + take);
-        if in_block == KC {
-            blocks.push(std::mem::take(&mut current));
-            in_block = 0;
-        }
+        let (ox, offset) = g.place(pixel);
+        let run = (g.ow - ox).min(first + len - pixel);
+        blocks.push(offset, run, g.stride * g.c);
+        pixel += run;
     }
-    if !current.is_empty() {
-        blocks.push(current);
-    }
-    blocks
+    blocks.finish()
 }
 
 /// `x` with `p` zero pixels on every side: `[N, H + 2p, W + 2p, C]`, one padded row per task.
@@ -209,24 +200,43 @@ fn pad(x: &Tensor, p: usize) -> Vec<f32> {
 /// `K` in blocks of at most `KC` values, in OHWI order: whole taps where they fit, a tap of
 /// more than `KC` channels split. `taps` are the taps' offsets in the padded input.
 fn k_blocks(taps: &[usize], c: usize) -> Vec<KBlock> {
-    let mut blocks = Vec::new();
-    let (mut current, mut len) = (KBlock::new(), 0);
+    let mut blocks = KBlocks::default();
     for &tap in taps {
-        let mut c0 = 0;
-        while c0 < c {
-            let take = (c - c0).min(KC - len);
-            current.push((tap + c0, take));
-            (len, c0) = (len + take, c0 + take);
-            if len == KC {
-                blocks.push(std::mem::take(&mut current));
-                len = 0;
+        blocks.push(tap, c, 1);
+    }
+    blocks.finish()
+}
+
+/// Collects segments, in `K` order, into blocks of at most `KC` values, splitting a segment
+/// that crosses a block's end (shared by the taps of the forward and the pixels of the
+/// weight gradient).
+#[derive(Default)]
+struct KBlocks {
+    blocks: Vec<KBlock>,
+    current: KBlock,
+    len: usize,
+}
+
+impl KBlocks {
+    /// Adds `len` values starting at `offset`, consecutive values `step` apart.
+    fn push(&mut self, mut offset: usize, mut len: usize, step: usize) {
+        while len > 0 {
+            let take = len.min(KC - self.len);
+            self.current.push((offset, take));
+            (offset, len, self.len) = (offset + take * step, len - take, self.len + take);
+            if self.len == KC {
+                self.blocks.push(std::mem::take(&mut self.current));
+                self.len = 0;
             }
         }
     }
-    if !current.is_empty() {
-        blocks.push(current);
+
+    fn finish(mut self) -> Vec<KBlock> {
+        if !self.current.is_empty() {
+            self.blocks.push(self.current);
+        }
+        self.blocks
     }
-    blocks
 }
 
 /// The output and padded-input sizes that place a run.
@@ -239,6 +249,15 @@ struct RunGeometry {
     stride: usize,
 }
 
+impl RunGeometry {
+    /// Output pixel `pixel`'s column, and where its window starts in the padded input.
+    fn place(&self, pixel: usize) -> (usize, usize) {
+        let (image, rem) = (pixel / (self.oh * self.ow), pixel % (self.oh * self.ow));
+        let (oy, ox) = (rem / self.ow, rem % self.ow);
+        (ox, ((image * self.hp + oy * self.stride) * self.wp + ox * self.stride) * self.c)
+    }
+}
+
 /// The runs of output rows `row0..row0 + rows`: each output row cut at the same
 /// `ceil(OW / MR)` near-equal points, and at the tile's ends.
 fn runs_of(g: &RunGeometry, row0: usize, rows: usize) -> Vec<Run> {
@@ -247,8 +266,7 @@ fn runs_of(g: &RunGeometry, row0: usize, rows: usize) -> Vec<Run> {
     let mut runs = Vec::with_capacity(rows.div_ceil(MR) + 2);
     let mut pixel = row0;
     while pixel < row0 + rows {
-        let (image, rem) = (pixel / (g.oh * g.ow), pixel % (g.oh * g.ow));
-        let (oy, ox) = (rem / g.ow, rem % g.ow);
+        let (ox, a_base) = g.place(pixel);
         // The piece holding `ox`: the estimate is off by at most one where cuts round down.
         let mut piece = ox * pieces / g.ow;
         while cut(piece + 1) <= ox {
@@ -258,7 +276,6 @@ fn runs_of(g: &RunGeometry, row0: usize, rows: usize) -> Vec<Run> {
             piece -= 1;
         }
         let len = (cut(piece + 1) - ox).min(row0 + rows - pixel);
-        let a_base = ((image * g.hp + oy * g.stride) * g.wp + ox * g.stride) * g.c;
         runs.push(Run { first: pixel - row0, len, a_base });
         pixel += len;
     }
