@@ -272,14 +272,21 @@ fn backward_with(saved: &BatchNormSaved, gamma: &[f32], grad: &[f32], relu_outpu
         let [sum_g, sum_g_x_hat] = acc else { unreachable!("two sums") };
         let mut scratch = [0.0f32; 64];
         let mut heap = Vec::new();
-        let g_masked: &mut [f32] = if g.len() <= scratch.len() {
-            &mut scratch[..g.len()]
-        } else {
-            heap.resize(g.len(), 0.0);
-            &mut heap
+        // Without a ReLU the gradient is read as it is (no copy).
+        let g_masked: &[f32] = match relu_output {
+            None => g,
+            Some(out) => {
+                let dst: &mut [f32] = if g.len() <= scratch.len() {
+                    &mut scratch[..g.len()]
+                } else {
+                    heap.resize(g.len(), 0.0);
+                    &mut heap
+                };
+                masked(g, Some(&out[at..at + g.len()]), dst);
+                dst
+            }
         };
-        masked(g, relu_output.map(|o| &o[at..at + g.len()]), g_masked);
-        for (((sg, sgx), &g), &xh) in sum_g.iter_mut().zip(sum_g_x_hat.iter_mut()).zip(&*g_masked).zip(x_hat_w) {
+        for (((sg, sgx), &g), &xh) in sum_g.iter_mut().zip(sum_g_x_hat.iter_mut()).zip(g_masked).zip(x_hat_w) {
             *sg += g as f64;
             *sgx += g as f64 * xh as f64;
         }

@@ -70,7 +70,14 @@ impl PackedMatrix {
             panels.par_chunks_mut(k * NR).enumerate().for_each(|(p, panel)| {
                 let cols = NR.min(n - p * NR);
                 for (kk, dst) in panel.chunks_mut(NR).enumerate() {
-                    dst[..cols].copy_from_slice(&b[kk * n + p * NR..kk * n + p * NR + cols]);
+                    let src = &b[kk * n + p * NR..];
+                    // A full panel row is copied at its fixed length (two vector moves);
+                    // a variable-length copy is a call to memmove per 128 bytes.
+                    if cols == NR {
+                        dst.copy_from_slice(&src[..NR]);
+                    } else {
+                        dst[..cols].copy_from_slice(&src[..cols]);
+                    }
                 }
             });
         }
