@@ -14,7 +14,7 @@
 use super::config::{ModelError, ResNetConfig, Stem};
 use super::layers::ConvBn;
 use super::resnet::{Block, FeatureLayer, Features, ResNet, ShortcutPath};
-use crate::kernels::buffers::recycle;
+use crate::kernels::buffers::{keep_buffers_for_inference, recycle};
 use crate::kernels::conv_packed::{CompileOptions, PackedConv, Precision};
 use crate::kernels::packed_gemm::{packed_matmul, PackedEpilogue, PackedMatrix};
 use crate::kernels::shortcut::subsample_zero_pad_nhwc;
@@ -207,6 +207,7 @@ impl CompiledResNet {
     fn run(&self, x: &Tensor, until: FeatureLayer, keep_layers: bool) -> Features {
         let stage_layers = [FeatureLayer::Layer1, FeatureLayer::Layer2, FeatureLayer::Layer3, FeatureLayer::Layer4];
         let wanted_stage = stage_layers.iter().position(|&l| l == until);
+        keep_buffers_for_inference();
         let n = x.shape[0];
         let front = if n > 1 { self.per_image_stage_count(x).min(self.stages.len()) } else { 0 };
         let mut features = Features::default();

@@ -20,7 +20,7 @@ use crate::kernels::batchnorm::{
     batch_norm_backward, batch_norm_relu_backward, batch_norm_train_forward_fused, update_running_stats,
     BatchNormError, BatchNormSaved,
 };
-use crate::kernels::buffers::recycle;
+use crate::kernels::buffers::{keep_buffers_for_training, recycle};
 use crate::kernels::conv_backward::{conv2d_nhwc_backward_input, conv2d_nhwc_backward_weight};
 use crate::kernels::linear::{linear_backward, linear_forward};
 use crate::kernels::pool::global_avg_pool_nhwc;
@@ -273,6 +273,8 @@ impl ResNet {
     /// Updates BatchNorm running statistics, as one PyTorch `model.train()` forward does.
     pub fn forward_train(&mut self, x: &Tensor) -> Result<(Tensor, TrainCache), ModelError> {
         self.check_input(x)?;
+        // The backward hands every buffer back; the next step takes them again.
+        keep_buffers_for_training();
         let bn_error = |e: BatchNormError| ModelError::InvalidConfig(e.to_string());
         let (mut h, stem) = self.stem.forward_train(&Arc::new(x.clone()), None, true).map_err(bn_error)?;
         let mut max_pool = None;
