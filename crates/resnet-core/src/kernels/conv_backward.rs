@@ -98,7 +98,25 @@ fn backward_input_as_convolution(grad_out: &Tensor, weight: &[f32], geom: &Conv2
 /// `∂L/∂weight` (OHWI, `geom.weight_len()` values) from the forward's `input`
 /// (`[N, H, W, C_in]`) and `grad_out` (`[N, OH, OW, C_out]`).
 /// Panics when the shapes disagree with `geom` (a caller bug).
+/// Layers where Winograd pays off ([`winograd::pays_off`]: 3x3 stride 1, at least 128
+/// channels) and with at least [`winograd::WEIGHT_GRADIENT_MIN_TILES`] tiles use
+/// [`winograd::weight_gradient`].
 pub fn conv2d_nhwc_backward_weight(input: &Tensor, grad_out: &Tensor, geom: &Conv2dGeometry) -> Vec<f32> {
+    let same_size = input.shape.len() == 4 && grad_out.shape.len() == 4 && input.shape[..3] == grad_out.shape[..3];
+    if same_size
+        && grad_out.shape[3] == geom.out_channels
+        && input.shape[3] == geom.in_channels
+        && winograd::pays_off(geom, input.shape[0], input.shape[1], input.shape[2])
+        && winograd::tiles(input.shape[0], input.shape[1], input.shape[2]) >= winograd::WEIGHT_GRADIENT_MIN_TILES
+    {
+        return winograd::weight_gradient(input, grad_out);
+    }
+    conv2d_nhwc_backward_weight_im2col(input, grad_out, geom)
+}
+
+/// [`conv2d_nhwc_backward_weight`] without Winograd: patches (im2col, or read in place by
+/// the implicit kernel) times the output gradient.
+pub(crate) fn conv2d_nhwc_backward_weight_im2col(input: &Tensor, grad_out: &Tensor, geom: &Conv2dGeometry) -> Vec<f32> {
     backward_weight_chunked(input, grad_out, geom, MAX_PATCH_FLOATS, SPLIT_PIXELS_MAX_WEIGHTS)
 }
 
@@ -526,10 +544,10 @@ mod tests {
 
     /// Layers big enough for Winograd ([`winograd::pays_off`]): the forward and the input
     /// gradient (a convolution with rotated filters) against direct convolution and the
-    /// patch-gradient path. Winograd's rounding: within 1e-5 of the largest value (observed
-    /// ~3e-6, see `winograd::tests`).
+    /// patch-gradient path, and the weight gradient the im2col one. Winograd's rounding:
+    /// within 1e-5 of the largest value (observed ~3e-6, see `winograd::tests`).
     #[test]
-    fn winograd_forward_and_input_gradient_equal_direct() {
+    fn winograd_forward_and_gradients_equal_direct() {
         let mut rng = SplitMix64::new(13);
         let (n, h, w) = (2, 9, 11);
         for (c_in, c_out) in [(128, 128), (128, 144)] {
@@ -549,7 +567,16 @@ mod tests {
                     backward_input_chunked(&grad_out, &weight, &geom, (h, w), MAX_PATCH_FLOATS),
                 ),
             ];
-            for (got, expected) in pairs {
+            let weights = (
+                conv2d_nhwc_backward_weight(&input, &grad_out, &geom),
+                conv2d_nhwc_backward_weight_im2col(&input, &grad_out, &geom),
+            );
+            let weight_shape = vec![geom.weight_len()];
+            let weight_pair = (
+                Tensor::from_vec(&weight_shape, weights.0).unwrap(),
+                Tensor::from_vec(&weight_shape, weights.1).unwrap(),
+            );
+            for (got, expected) in pairs.into_iter().chain([weight_pair]) {
                 assert_eq!(got.shape, expected.shape);
                 let peak = expected.data.iter().fold(0.0f32, |m, v| m.max(v.abs()));
                 let err = got.data.iter().zip(&expected.data).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);

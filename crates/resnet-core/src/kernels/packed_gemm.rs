@@ -62,6 +62,16 @@ impl PackedMatrix {
     /// weights read as `[C_out, KH·KW·C_in]` for the input gradient).
     pub fn from_kn(b: &[f32], k: usize, n: usize) -> PackedMatrix {
         assert_eq!(b.len(), k * n, "B must hold K × N values");
+        Self::from_kn_strided(b, n, k, n)
+    }
+
+    /// [`Self::from_kn`] with row `kk` of `B` at `b[kk·row_stride..]` (`row_stride ≥ N`), so
+    /// one of several matrices interleaved by rows is packed in place.
+    pub fn from_kn_strided(b: &[f32], row_stride: usize, k: usize, n: usize) -> PackedMatrix {
+        assert!(row_stride >= n, "rows of B must be at least N apart");
+        if k > 0 {
+            assert!(b.len() >= (k - 1) * row_stride + n, "B must hold K rows of N values");
+        }
         let panel_count = n.div_ceil(NR);
         let mut panels = vec![0.0f32; panel_count * k * NR];
         if k > 0 {
@@ -70,7 +80,7 @@ impl PackedMatrix {
             panels.par_chunks_mut(k * NR).enumerate().for_each(|(p, panel)| {
                 let cols = NR.min(n - p * NR);
                 for (kk, dst) in panel.chunks_mut(NR).enumerate() {
-                    let src = &b[kk * n + p * NR..];
+                    let src = &b[kk * row_stride + p * NR..];
                     // A full panel row is copied at its fixed length (two vector moves);
                     // a variable-length copy is a call to memmove per 128 bytes.
                     if cols == NR {

@@ -29,6 +29,9 @@ use super::conv_packed::WINOGRAD_MIN_CHANNELS;
 use super::packed_gemm::{best_path, packed_matmul_serial, GemmPath, Lhs, PackedEpilogue, PackedMatrix, NR};
 use crate::tensor::Tensor;
 
+mod weight_gradient;
+pub use weight_gradient::weight_gradient;
+
 /// Outputs per tile side.
 const TILE: usize = 4;
 /// Transform points per tile: 6 x 6.
@@ -57,6 +60,14 @@ pub fn fits(g: &super::conv::Conv2dGeometry) -> bool {
 /// layers (16 tiles per image) win from batch 1. Below this the filter transform, done on
 /// every call in training, is not worth it.
 pub const MIN_TILES: usize = 16;
+
+/// Fewest tiles for the Winograd weight gradient ([`weight_gradient`]), whose 36 products
+/// are `[C_in, tiles] · [tiles, C_out]`: with few tiles they are short, and writing and
+/// transforming their 36 `C_in × C_out` results costs more than im2col's product. Measured
+/// (`examples/conv_layer_timing`, batch 16, 2 threads; im2col -> Winograd): 128 channels at
+/// 28x28 (784 tiles) 19.1 -> 10.9 ms, 256 at 14x14 (256 tiles) 25.1 -> 18.2 ms, 512 at
+/// 7x7 (64 tiles) 22.1 -> 28.2 ms.
+pub const WEIGHT_GRADIENT_MIN_TILES: usize = 128;
 
 /// Whether [`pays_off`] may choose Winograd; see [`set_enabled_for_training`].
 static ENABLED_FOR_TRAINING: AtomicBool = AtomicBool::new(true);

@@ -1,0 +1,233 @@
+//! The weight gradient of a 3x3, stride-1, padding-1 convolution by Winograd F(4x4, 3x3).
+//!
+//! The forward is `Y = Aᵀ [ Σ_c U_c ⊙ V_c ] A` per tile with `U = G g Gᵀ` and
+//! `V = Bᵀ d B`. Every step is linear, so its transpose gives the gradient of the filters:
+//! `∂L/∂U_ξ[c_in, c_out] = Σ_tiles V_ξ[tile, c_in] · (A ∂Y Aᵀ)_ξ[tile, c_out]`, then
+//! `∂L/∂g = Gᵀ (∂L/∂U) G`. The middle is 36 products `V_ξᵀ · T_ξ` whose depth is the tiles,
+//! 36 multiplies per tile and channel pair where im2col's product has 16 · 9 = 144.
+//!
+//! Steps, each parallel over independent pieces:
+//! 1. `V` as in the forward (the same input transform);
+//! 2. `T = A ∂Y Aᵀ` per 4x4 tile of the output gradient (zero past the edges, where the
+//!    forward's tiles were cut off), into `T[tile][ξ][C_out]`;
+//! 3. the 36 products, one task per point, each `[C_in, C_out]`;
+//! 4. `Gᵀ (∂L/∂U) G` per channel pair, written in OHWI order.
+//!
+//! Accuracy: the gradient transform scales values by up to 8 · 8 before `Gᵀ … G` scales
+//! them back down, so rounding errors are larger than im2col's; the tests below measure
+//! them against the direct weight gradient.
+
+use rayon::prelude::*;
+
+use super::super::buffers::{recycle, take_buffer};
+use super::super::packed_gemm::{packed_matmul_serial, Lhs, PackedEpilogue, PackedMatrix};
+use super::{avx512, copy_lanes, input_transform_row, Lanes, TileGrid, G, LANES, POINTS, TILE};
+use crate::tensor::Tensor;
+
+/// `∂L/∂weight` (OHWI, `C_out × 3 × 3 × C_in`) of a 3x3 stride-1 padding-1 convolution from
+/// its NHWC `input` and `grad_out` (same height and width). Panics on shapes that disagree
+/// (a caller bug).
+pub fn weight_gradient(input: &Tensor, grad_out: &Tensor) -> Vec<f32> {
+    assert_eq!(input.shape.len(), 4, "conv expects an NHWC input");
+    assert_eq!(grad_out.shape.len(), 4, "conv expects an NHWC gradient");
+    let (n, h, w, cin) = (input.shape[0], input.shape[1], input.shape[2], input.shape[3]);
+    let cout = grad_out.shape[3];
+    assert_eq!(&grad_out.shape[..3], &[n, h, w], "a 3x3 stride-1 gradient has the input's size");
+    let mut grad_weight = vec![0.0f32; cout * 9 * cin];
+    if n * h * w == 0 || cin == 0 || cout == 0 {
+        return grad_weight;
+    }
+    let grid = TileGrid { h, w, rows: h.div_ceil(TILE), cols: w.div_ceil(TILE) };
+    let tiles = n * grid.rows * grid.cols;
+
+    // 1. V[tile][ξ][C_in] and 2. T[tile][ξ][C_out], one task per row of tiles.
+    let mut v = take_buffer(tiles * POINTS * cin);
+    v.par_chunks_mut(grid.cols * POINTS * cin).enumerate().for_each(|(row, v_row)| {
+        let (image, ty) = (row / grid.rows, row % grid.rows);
+        input_transform_row(&input.data[image * h * w * cin..(image + 1) * h * w * cin], cin, &grid, ty, v_row);
+    });
+    let mut t = take_buffer(tiles * POINTS * cout);
+    t.par_chunks_mut(grid.cols * POINTS * cout).enumerate().for_each(|(row, t_row)| {
+        let (image, ty) = (row / grid.rows, row % grid.rows);
+        let dy = &grad_out.data[image * h * w * cout..(image + 1) * h * w * cout];
+        gradient_transform_row(dy, cout, &grid, ty, t_row);
+    });
+
+    // 3. ∂L/∂U_ξ[C_in, C_out] = V_ξᵀ · T_ξ, one task per point: V_ξ read transposed in
+    //    place, T_ξ packed from its interleaved rows.
+    let mut grad_u = take_buffer(POINTS * cin * cout);
+    grad_u.par_chunks_mut(cin * cout).enumerate().for_each(|(xi, grad_u_xi)| {
+        let packed = PackedMatrix::from_kn_strided(&t[xi * cout..], POINTS * cout, tiles, cout);
+        let a = Lhs { data: &v[xi * cin..], row_stride: 1, col_stride: POINTS * cin };
+        packed_matmul_serial(a, cin, &packed, grad_u_xi, &PackedEpilogue::default());
+    });
+    recycle(Tensor { shape: vec![v.len()], data: v });
+    recycle(Tensor { shape: vec![t.len()], data: t });
+
+    // 4. ∂L/∂g = Gᵀ (∂L/∂U) G, one task per 16 output channels (16 rows of OHWI).
+    grad_weight.par_chunks_mut(LANES * 9 * cin).enumerate().for_each(|(chunk, rows)| {
+        let co0 = chunk * LANES;
+        filter_gradient_rows(&grad_u, cin, cout, co0, rows);
+    });
+    recycle(Tensor { shape: vec![grad_u.len()], data: grad_u });
+    grad_weight
+}
+
+/// `A g` for one column of 4 values (each 16 channels wide): `A` is the 6x4 transpose of
+/// the forward's output transform `Aᵀ`.
+#[inline(always)]
+fn a6(g: [&Lanes; 4]) -> [Lanes; 6] {
+    let mut r = [[0.0; LANES]; 6];
+    for l in 0..LANES {
+        let (g0, g1, g2, g3) = (g[0][l], g[1][l], g[2][l], g[3][l]);
+        r[0][l] = g0;
+        r[1][l] = g0 + g1 + g2 + g3;
+        r[2][l] = g0 - g1 + g2 - g3;
+        r[3][l] = g0 + 2.0 * g1 + 4.0 * g2 + 8.0 * g3;
+        r[4][l] = g0 - 2.0 * g1 + 4.0 * g2 - 8.0 * g3;
+        r[5][l] = g3;
+    }
+    r
+}
+
+/// Gradient transform `T = A ∂Y Aᵀ` of row `ty` of tiles of one image's output gradient
+/// (`dy`: `[h, w, cout]`) into `t_row` (`[cols][ξ][cout]`); positions past the edges are
+/// zero.
+fn gradient_transform_row(dy: &[f32], cout: usize, grid: &TileGrid, ty: usize, t_row: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if avx512() {
+        // SAFETY: AVX-512F was detected at run time; the function is otherwise safe code.
+        unsafe { gradient_transform_row_avx512(dy, cout, grid, ty, t_row) };
+        return;
+    }
+    gradient_transform_row_any(dy, cout, grid, ty, t_row);
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+fn gradient_transform_row_avx512(dy: &[f32], cout: usize, grid: &TileGrid, ty: usize, t_row: &mut [f32]) {
+    gradient_transform_row_any(dy, cout, grid, ty, t_row);
+}
+
+#[inline(always)]
+fn gradient_transform_row_any(dy: &[f32], cout: usize, grid: &TileGrid, ty: usize, t_row: &mut [f32]) {
+    let valid_rows = TILE.min(grid.h - ty * TILE);
+    for tx in 0..grid.cols {
+        let valid_cols = TILE.min(grid.w - tx * TILE);
+        for c0 in (0..cout).step_by(LANES) {
+            let lanes = LANES.min(cout - c0);
+            let mut g = [[0.0f32; LANES]; TILE * TILE];
+            for r in 0..valid_rows {
+                for c in 0..valid_cols {
+                    let at = ((ty * TILE + r) * grid.w + tx * TILE + c) * cout + c0;
+                    copy_lanes(&mut g[r * TILE + c], &dy[at..], lanes);
+                }
+            }
+            // A ∂Y down the columns (4 -> 6 rows), then (A ∂Y) Aᵀ along the rows.
+            let mut half = [[0.0f32; LANES]; 6 * TILE];
+            for col in 0..TILE {
+                let r = a6([&g[col], &g[TILE + col], &g[2 * TILE + col], &g[3 * TILE + col]]);
+                for (i, ri) in r.iter().enumerate() {
+                    half[i * TILE + col] = *ri;
+                }
+            }
+            for i in 0..6 {
+                let row = &half[i * TILE..(i + 1) * TILE];
+                let r = a6([&row[0], &row[1], &row[2], &row[3]]);
+                for (j, rj) in r.iter().enumerate() {
+                    let at = (tx * POINTS + i * 6 + j) * cout + c0;
+                    copy_lanes(&mut t_row[at..], rj, lanes);
+                }
+            }
+        }
+    }
+}
+
+/// Rows `co0..` of the OHWI weight gradient (`rows`: up to 16 output channels of `9 · cin`
+/// values): `∂L/∂g[ky][kx] = Σ_ij G[i][ky] · ∂L/∂U_(6i+j) · G[j][kx]` for every input
+/// channel, 16 output channels at a time from `grad_u` (`[ξ][cin][cout]`).
+fn filter_gradient_rows(grad_u: &[f32], cin: usize, cout: usize, co0: usize, rows: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if avx512() {
+        // SAFETY: AVX-512F was detected at run time; the function is otherwise safe code.
+        unsafe { filter_gradient_rows_avx512(grad_u, cin, cout, co0, rows) };
+        return;
+    }
+    filter_gradient_rows_any(grad_u, cin, cout, co0, rows);
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+fn filter_gradient_rows_avx512(grad_u: &[f32], cin: usize, cout: usize, co0: usize, rows: &mut [f32]) {
+    filter_gradient_rows_any(grad_u, cin, cout, co0, rows);
+}
+
+#[inline(always)]
+fn filter_gradient_rows_any(grad_u: &[f32], cin: usize, cout: usize, co0: usize, rows: &mut [f32]) {
+    let g: [[f32; 3]; 6] = G.map(|row| row.map(|v| v as f32));
+    let lanes = LANES.min(cout - co0);
+    for ci in 0..cin {
+        let mut u = [[0.0f32; LANES]; POINTS];
+        for (xi, u_xi) in u.iter_mut().enumerate() {
+            copy_lanes(u_xi, &grad_u[(xi * cin + ci) * cout + co0..], lanes);
+        }
+        // Gᵀ U down the columns (6 -> 3 rows), then (Gᵀ U) G along the rows.
+        let mut half = [[0.0f32; LANES]; 3 * 6];
+        for ky in 0..3 {
+            for j in 0..6 {
+                let h = &mut half[ky * 6 + j];
+                for (i, gi) in g.iter().enumerate() {
+                    let (coefficient, x) = (gi[ky], &u[i * 6 + j]);
+                    h.iter_mut().zip(x).for_each(|(h, x)| *h += coefficient * x);
+                }
+            }
+        }
+        for ky in 0..3 {
+            for kx in 0..3 {
+                let mut tap = [0.0f32; LANES];
+                for (j, gj) in g.iter().enumerate() {
+                    let (coefficient, x) = (gj[kx], &half[ky * 6 + j]);
+                    tap.iter_mut().zip(x).for_each(|(t, x)| *t += coefficient * x);
+                }
+                for (l, value) in tap.iter().enumerate().take(lanes) {
+                    rows[(l * 9 + ky * 3 + kx) * cin + ci] = *value;
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kernels::conv::Conv2dGeometry;
+    use crate::kernels::conv_backward::conv2d_nhwc_backward_weight_im2col;
+    use crate::prng::SplitMix64;
+
+    /// Against the im2col weight gradient: edges cut through tiles (7x9), channel counts
+    /// that leave partial 16-lane groups (20 -> 24), and a larger layer; errors within
+    /// 2e-5 of the largest gradient value (measured: 0.5-4e-6).
+    #[test]
+    fn equals_the_direct_weight_gradient() {
+        for (n, h, w, cin, cout) in [(2, 7, 9, 20, 24), (1, 4, 4, 16, 16), (2, 14, 14, 64, 48), (3, 5, 3, 3, 5)] {
+            let mut rng = SplitMix64::new(7);
+            let mut values = |len: usize| -> Vec<f32> { (0..len).map(|_| rng.uniform_f32(-1.0, 1.0)).collect() };
+            let input = Tensor::from_vec(&[n, h, w, cin], values(n * h * w * cin)).unwrap();
+            let grad_out = Tensor::from_vec(&[n, h, w, cout], values(n * h * w * cout)).unwrap();
+            let geom = Conv2dGeometry {
+                in_channels: cin,
+                out_channels: cout,
+                kernel_h: 3,
+                kernel_w: 3,
+                stride: 1,
+                padding: 1,
+                groups: 1,
+            };
+            let expected = conv2d_nhwc_backward_weight_im2col(&input, &grad_out, &geom);
+            let got = weight_gradient(&input, &grad_out);
+            let scale = expected.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+            let worst = got.iter().zip(&expected).fold(0.0f32, |m, (a, b)| m.max((a - b).abs()));
+            assert!(worst <= 2e-5 * scale, "{n}x{h}x{w}, {cin} -> {cout}: error {worst} of {scale}");
+        }
+    }
+}
