@@ -85,6 +85,9 @@ impl PackedMatrix {
                     // a variable-length copy is a call to memmove per 128 bytes.
                     if cols == NR {
                         dst.copy_from_slice(&src[..NR]);
+                    } else if cols == NR / 2 {
+                        // 16 output channels (the CIFAR nets' first stage).
+                        dst[..NR / 2].copy_from_slice(&src[..NR / 2]);
                     } else {
                         dst[..cols].copy_from_slice(&src[..cols]);
                     }
