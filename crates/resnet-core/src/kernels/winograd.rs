@@ -184,15 +184,11 @@ impl WinogradConv {
         if n * h * w == 0 || cout == 0 {
             return Tensor::zeros(&shape);
         }
-        let grid = TileGrid { h, w, rows: h.div_ceil(TILE), cols: w.div_ceil(TILE) };
+        let grid = TileGrid::new(h, w);
         let tiles = n * grid.rows * grid.cols;
 
         // 1. V[tile][ξ][C_in], one task per row of tiles.
-        let mut v = take_buffer(tiles * POINTS * cin);
-        v.par_chunks_mut(grid.cols * POINTS * cin).enumerate().for_each(|(row, v_row)| {
-            let (image, ty) = (row / grid.rows, row % grid.rows);
-            input_transform_row(&x.data[image * h * w * cin..(image + 1) * h * w * cin], cin, &grid, ty, v_row);
-        });
+        let v = transform_tiles(x, &grid, input_transform_row);
 
         // 2. M_ξ = V_ξ · U_ξ, one task per point.
         let mut m = take_buffer(POINTS * tiles * cout);
@@ -292,13 +288,7 @@ fn transform_filters(source: FilterSource<'_>, cin: usize, cout: usize, scale: O
     }
     by_panel.into_par_iter().enumerate().for_each(|(p, mut panels)| {
         let panel = FilterPanel { source, cin, cout, scale, p };
-        #[cfg(target_arch = "x86_64")]
-        if avx512() {
-            // SAFETY: AVX-512F was detected at run time; the function is otherwise safe code.
-            unsafe { transform_panel_avx512(&panel, &mut panels) };
-            return;
-        }
-        transform_panel_any(&panel, &mut panels);
+        transform_panel(&panel, &mut panels);
     });
     matrices
 }
@@ -312,11 +302,9 @@ struct FilterPanel<'a> {
     p: usize,
 }
 
-/// [`transform_panel_any`] compiled for AVX-512.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-fn transform_panel_avx512(f: &FilterPanel<'_>, panels: &mut [&mut [f32]]) {
-    transform_panel_any(f, panels);
+vectorised_fn! {
+    /// One panel's filters transformed (see [`transform_filters`]).
+    fn transform_panel(f: &FilterPanel<'_>, panels: &mut [&mut [f32]]) => transform_panel_any
 }
 
 #[inline(always)]
@@ -359,6 +347,27 @@ struct TileGrid {
     cols: usize,
 }
 
+impl TileGrid {
+    fn new(h: usize, w: usize) -> TileGrid {
+        TileGrid { h, w, rows: h.div_ceil(TILE), cols: w.div_ceil(TILE) }
+    }
+}
+
+/// A transform of one row of tiles of one image (`[h, w, C]`) into `[cols][ξ][C]`.
+type RowTransform = fn(&[f32], usize, &TileGrid, usize, &mut [f32]);
+
+/// `transform_row` over every row of tiles of every image of NHWC `x`, one task per row,
+/// into a pooled `[tile][ξ][C]` buffer (hand it back with `recycle`).
+fn transform_tiles(x: &Tensor, grid: &TileGrid, transform_row: RowTransform) -> Vec<f32> {
+    let (n, h, w, c) = (x.shape[0], x.shape[1], x.shape[2], x.shape[3]);
+    let mut out = take_buffer(n * grid.rows * grid.cols * POINTS * c);
+    out.par_chunks_mut((grid.cols * POINTS * c).max(1)).enumerate().for_each(|(row, out_row)| {
+        let (image, ty) = (row / grid.rows, row % grid.rows);
+        transform_row(&x.data[image * h * w * c..(image + 1) * h * w * c], c, grid, ty, out_row);
+    });
+    out
+}
+
 /// Where one row of tiles' outputs go: `out` and `residual` are its (up to) 4 image rows.
 struct OutputRows<'a> {
     out: &'a mut [f32],
@@ -387,6 +396,30 @@ fn copy_lanes(dst: &mut [f32], src: &[f32], lanes: usize) {
 fn avx512() -> bool {
     best_path() == GemmPath::Avx512
 }
+
+/// `fn $name(args)` that runs `$body(args)` (an `#[inline(always)]` function of safe code)
+/// compiled for AVX-512 where [`avx512`] says so, so that its 16-lane loops become single
+/// instructions, and as it is elsewhere. (A closure handed to one `target_feature`
+/// function is not inlined into it, so each transform gets its own copy.)
+macro_rules! vectorised_fn {
+    ($(#[$doc:meta])* fn $name:ident($($arg:ident: $ty:ty),* $(,)?) => $body:ident) => {
+        $(#[$doc])*
+        fn $name($($arg: $ty),*) {
+            #[cfg(target_arch = "x86_64")]
+            if avx512() {
+                #[target_feature(enable = "avx512f")]
+                fn on_avx512($($arg: $ty),*) {
+                    $body($($arg),*)
+                }
+                // SAFETY: AVX-512F was detected at run time; the function is safe code.
+                unsafe { on_avx512($($arg),*) };
+                return;
+            }
+            $body($($arg),*)
+        }
+    };
+}
+pub(super) use vectorised_fn;
 
 /// `Bᵀ d` for one column of 6 values (each 16 channels wide).
 #[inline(always)]
@@ -418,24 +451,10 @@ fn at6(m: [&Lanes; 6]) -> [Lanes; 4] {
     r
 }
 
-/// Input transform of row `ty` of tiles of one image (`x`: `[h, w, cin]`) into `v_row`
-/// (`[cols][ξ][cin]`), 16 channels at a time; positions outside the image are zero.
-fn input_transform_row(x: &[f32], cin: usize, grid: &TileGrid, ty: usize, v_row: &mut [f32]) {
-    #[cfg(target_arch = "x86_64")]
-    if avx512() {
-        // SAFETY: AVX-512F was detected at run time; the function is otherwise safe code.
-        unsafe { input_transform_row_avx512(x, cin, grid, ty, v_row) };
-        return;
-    }
-    input_transform_row_any(x, cin, grid, ty, v_row);
-}
-
-/// [`input_transform_row_any`] compiled for AVX-512, so the 16-lane loops become single
-/// instructions.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-fn input_transform_row_avx512(x: &[f32], cin: usize, grid: &TileGrid, ty: usize, v_row: &mut [f32]) {
-    input_transform_row_any(x, cin, grid, ty, v_row);
+vectorised_fn! {
+    /// Input transform of row `ty` of tiles of one image (`x`: `[h, w, cin]`) into `v_row`
+    /// (`[cols][ξ][cin]`), 16 channels at a time; positions outside the image are zero.
+    fn input_transform_row(x: &[f32], cin: usize, grid: &TileGrid, ty: usize, v_row: &mut [f32]) => input_transform_row_any
 }
 
 #[inline(always)]
@@ -472,38 +491,18 @@ fn input_transform_row_any(x: &[f32], cin: usize, grid: &TileGrid, ty: usize, v_
     }
 }
 
-/// Output transform of row `ty` of tiles (the first is tile `first_tile` of the `tiles`
-/// in `m`, `[ξ][tile][cout]`), with bias, residual and ReLU, into `target`.
-fn output_transform_row(
-    m: &[f32],
-    tiles: usize,
-    first_tile: usize,
-    cout: usize,
-    grid: &TileGrid,
-    ty: usize,
-    target: OutputRows<'_>,
-) {
-    #[cfg(target_arch = "x86_64")]
-    if avx512() {
-        // SAFETY: AVX-512F was detected at run time; the function is otherwise safe code.
-        unsafe { output_transform_row_avx512(m, tiles, first_tile, cout, grid, ty, target) };
-        return;
-    }
-    output_transform_row_any(m, tiles, first_tile, cout, grid, ty, target);
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-fn output_transform_row_avx512(
-    m: &[f32],
-    tiles: usize,
-    first_tile: usize,
-    cout: usize,
-    grid: &TileGrid,
-    ty: usize,
-    target: OutputRows<'_>,
-) {
-    output_transform_row_any(m, tiles, first_tile, cout, grid, ty, target);
+vectorised_fn! {
+    /// Output transform of row `ty` of tiles (the first is tile `first_tile` of the `tiles`
+    /// in `m`, `[ξ][tile][cout]`), with bias, residual and ReLU, into `target`.
+    fn output_transform_row(
+        m: &[f32],
+        tiles: usize,
+        first_tile: usize,
+        cout: usize,
+        grid: &TileGrid,
+        ty: usize,
+        target: OutputRows<'_>,
+    ) => output_transform_row_any
 }
 
 #[inline(always)]
@@ -588,6 +587,19 @@ mod tests {
     use crate::kernels::conv::{conv2d_nhwc_direct, Conv2dGeometry, Epilogue};
     use crate::prng::SplitMix64;
 
+    /// A convolution this module computes: 3x3, stride 1, padding 1.
+    pub(super) fn geometry_3x3(cin: usize, cout: usize) -> Conv2dGeometry {
+        Conv2dGeometry {
+            in_channels: cin,
+            out_channels: cout,
+            kernel_h: 3,
+            kernel_w: 3,
+            stride: 1,
+            padding: 1,
+            groups: 1,
+        }
+    }
+
     fn random(rng: &mut SplitMix64, len: usize, scale: f32) -> Vec<f32> {
         (0..len).map(|_| rng.uniform_f32(-scale as f64, scale as f64)).collect()
     }
@@ -645,15 +657,7 @@ mod tests {
         let mut rng = SplitMix64::new(21);
         let mut worst = 0.0f32;
         for (n, h, w, cin, cout) in [(1, 7, 7, 16, 16), (2, 9, 13, 20, 24), (1, 8, 8, 64, 40), (1, 14, 14, 128, 33)] {
-            let g = Conv2dGeometry {
-                in_channels: cin,
-                out_channels: cout,
-                kernel_h: 3,
-                kernel_w: 3,
-                stride: 1,
-                padding: 1,
-                groups: 1,
-            };
+            let g = geometry_3x3(cin, cout);
             let x = Tensor::from_vec(
                 &[n, h, w, cin],
                 random(&mut rng, n * h * w * cin, 1.0).iter().map(|v| v.abs()).collect(),

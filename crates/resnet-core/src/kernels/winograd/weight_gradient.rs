@@ -21,7 +21,9 @@ use rayon::prelude::*;
 
 use super::super::buffers::{recycle, take_buffer};
 use super::super::packed_gemm::{packed_matmul_serial, Lhs, PackedEpilogue, PackedMatrix};
-use super::{avx512, copy_lanes, input_transform_row, Lanes, TileGrid, G, LANES, POINTS, TILE};
+use super::{
+    avx512, copy_lanes, input_transform_row, transform_tiles, vectorised_fn, Lanes, TileGrid, G, LANES, POINTS, TILE,
+};
 use crate::tensor::Tensor;
 
 /// `∂L/∂weight` (OHWI, `C_out × 3 × 3 × C_in`) of a 3x3 stride-1 padding-1 convolution from
@@ -37,21 +39,12 @@ pub fn weight_gradient(input: &Tensor, grad_out: &Tensor) -> Vec<f32> {
     if n * h * w == 0 || cin == 0 || cout == 0 {
         return grad_weight;
     }
-    let grid = TileGrid { h, w, rows: h.div_ceil(TILE), cols: w.div_ceil(TILE) };
+    let grid = TileGrid::new(h, w);
     let tiles = n * grid.rows * grid.cols;
 
     // 1. V[tile][ξ][C_in] and 2. T[tile][ξ][C_out], one task per row of tiles.
-    let mut v = take_buffer(tiles * POINTS * cin);
-    v.par_chunks_mut(grid.cols * POINTS * cin).enumerate().for_each(|(row, v_row)| {
-        let (image, ty) = (row / grid.rows, row % grid.rows);
-        input_transform_row(&input.data[image * h * w * cin..(image + 1) * h * w * cin], cin, &grid, ty, v_row);
-    });
-    let mut t = take_buffer(tiles * POINTS * cout);
-    t.par_chunks_mut(grid.cols * POINTS * cout).enumerate().for_each(|(row, t_row)| {
-        let (image, ty) = (row / grid.rows, row % grid.rows);
-        let dy = &grad_out.data[image * h * w * cout..(image + 1) * h * w * cout];
-        gradient_transform_row(dy, cout, &grid, ty, t_row);
-    });
+    let v = transform_tiles(input, &grid, input_transform_row);
+    let t = transform_tiles(grad_out, &grid, gradient_transform_row);
 
     // 3. ∂L/∂U_ξ[C_in, C_out] = V_ξᵀ · T_ξ, one task per point: V_ξ read transposed in
     //    place, T_ξ packed from its interleaved rows.
@@ -90,23 +83,11 @@ fn a6(g: [&Lanes; 4]) -> [Lanes; 6] {
     r
 }
 
-/// Gradient transform `T = A ∂Y Aᵀ` of row `ty` of tiles of one image's output gradient
-/// (`dy`: `[h, w, cout]`) into `t_row` (`[cols][ξ][cout]`); positions past the edges are
-/// zero.
-fn gradient_transform_row(dy: &[f32], cout: usize, grid: &TileGrid, ty: usize, t_row: &mut [f32]) {
-    #[cfg(target_arch = "x86_64")]
-    if avx512() {
-        // SAFETY: AVX-512F was detected at run time; the function is otherwise safe code.
-        unsafe { gradient_transform_row_avx512(dy, cout, grid, ty, t_row) };
-        return;
-    }
-    gradient_transform_row_any(dy, cout, grid, ty, t_row);
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-fn gradient_transform_row_avx512(dy: &[f32], cout: usize, grid: &TileGrid, ty: usize, t_row: &mut [f32]) {
-    gradient_transform_row_any(dy, cout, grid, ty, t_row);
+vectorised_fn! {
+    /// Gradient transform `T = A ∂Y Aᵀ` of row `ty` of tiles of one image's output gradient
+    /// (`dy`: `[h, w, cout]`) into `t_row` (`[cols][ξ][cout]`); positions past the edges
+    /// are zero.
+    fn gradient_transform_row(dy: &[f32], cout: usize, grid: &TileGrid, ty: usize, t_row: &mut [f32]) => gradient_transform_row_any
 }
 
 #[inline(always)]
@@ -143,23 +124,11 @@ fn gradient_transform_row_any(dy: &[f32], cout: usize, grid: &TileGrid, ty: usiz
     }
 }
 
-/// Rows `co0..` of the OHWI weight gradient (`rows`: up to 16 output channels of `9 · cin`
-/// values): `∂L/∂g[ky][kx] = Σ_ij G[i][ky] · ∂L/∂U_(6i+j) · G[j][kx]` for every input
-/// channel, 16 output channels at a time from `grad_u` (`[ξ][cin][cout]`).
-fn filter_gradient_rows(grad_u: &[f32], cin: usize, cout: usize, co0: usize, rows: &mut [f32]) {
-    #[cfg(target_arch = "x86_64")]
-    if avx512() {
-        // SAFETY: AVX-512F was detected at run time; the function is otherwise safe code.
-        unsafe { filter_gradient_rows_avx512(grad_u, cin, cout, co0, rows) };
-        return;
-    }
-    filter_gradient_rows_any(grad_u, cin, cout, co0, rows);
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-fn filter_gradient_rows_avx512(grad_u: &[f32], cin: usize, cout: usize, co0: usize, rows: &mut [f32]) {
-    filter_gradient_rows_any(grad_u, cin, cout, co0, rows);
+vectorised_fn! {
+    /// Rows `co0..` of the OHWI weight gradient (`rows`: up to 16 output channels of
+    /// `9 · cin` values): `∂L/∂g[ky][kx] = Σ_ij G[i][ky] · ∂L/∂U_(6i+j) · G[j][kx]` for
+    /// every input channel, 16 output channels at a time from `grad_u` (`[ξ][cin][cout]`).
+    fn filter_gradient_rows(grad_u: &[f32], cin: usize, cout: usize, co0: usize, rows: &mut [f32]) => filter_gradient_rows_any
 }
 
 #[inline(always)]
@@ -199,8 +168,8 @@ fn filter_gradient_rows_any(grad_u: &[f32], cin: usize, cout: usize, co0: usize,
 
 #[cfg(test)]
 mod tests {
+    use super::super::tests::geometry_3x3;
     use super::*;
-    use crate::kernels::conv::Conv2dGeometry;
     use crate::kernels::conv_backward::conv2d_nhwc_backward_weight_im2col;
     use crate::prng::SplitMix64;
 
@@ -214,15 +183,7 @@ mod tests {
             let mut values = |len: usize| -> Vec<f32> { (0..len).map(|_| rng.uniform_f32(-1.0, 1.0)).collect() };
             let input = Tensor::from_vec(&[n, h, w, cin], values(n * h * w * cin)).unwrap();
             let grad_out = Tensor::from_vec(&[n, h, w, cout], values(n * h * w * cout)).unwrap();
-            let geom = Conv2dGeometry {
-                in_channels: cin,
-                out_channels: cout,
-                kernel_h: 3,
-                kernel_w: 3,
-                stride: 1,
-                padding: 1,
-                groups: 1,
-            };
+            let geom = geometry_3x3(cin, cout);
             let expected = conv2d_nhwc_backward_weight_im2col(&input, &grad_out, &geom);
             let got = weight_gradient(&input, &grad_out);
             let scale = expected.iter().fold(0.0f32, |m, v| m.max(v.abs()));
