@@ -212,19 +212,33 @@ pub(crate) fn im2col_nhwc(
 pub(crate) fn im2col_rows(
     input: &Tensor,
     geom: &Conv2dGeometry,
-    (oh, ow): (usize, usize),
+    out_hw: (usize, usize),
     group: usize,
     row0: usize,
     patches: &mut [f32],
 ) {
     let (h, w, c_in) = (input.shape[1], input.shape[2], input.shape[3]);
+    im2col_rows_of(&input.data, (h, w, c_in), geom, out_hw, group, row0, patches);
+}
+
+/// [`im2col_rows`] over any values: `x` is NHWC with `h × w` pixels of `c` values each
+/// (for bf16 pairs, two channels per value), so a patch row is `KH·KW·c / groups` values.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn im2col_rows_of<T: Copy + Default>(
+    x: &[T],
+    (h, w, c_in): (usize, usize, usize),
+    geom: &Conv2dGeometry,
+    (oh, ow): (usize, usize),
+    group: usize,
+    row0: usize,
+    patches: &mut [T],
+) {
     let cg = c_in / geom.groups;
     let c0 = group * cg;
-    let k = geom.filter_len();
+    let k = geom.kernel_h * geom.kernel_w * cg;
     if k == 0 {
         return;
     }
-    let x = &input.data;
     if oh * ow == 0 {
         return;
     }
@@ -238,11 +252,11 @@ pub(crate) fn im2col_rows(
             let patch_row = &mut patch[ky * geom.kernel_w * cg..(ky + 1) * geom.kernel_w * cg];
             let iy = (oy * geom.stride + ky) as isize - geom.padding as isize;
             if iy < 0 || iy as usize >= h || taps_x.is_empty() {
-                patch_row.fill(0.0);
+                patch_row.fill(T::default());
                 continue;
             }
-            patch_row[..taps_x.start * cg].fill(0.0);
-            patch_row[taps_x.end * cg..].fill(0.0);
+            patch_row[..taps_x.start * cg].fill(T::default());
+            patch_row[taps_x.end * cg..].fill(T::default());
             let first_ix = ox * geom.stride + taps_x.start - geom.padding;
             let pixel = (b * h + iy as usize) * w + first_ix;
             if geom.groups == 1 {

@@ -8,10 +8,12 @@ use std::sync::OnceLock;
 use super::buffers::take_buffer;
 #[cfg(test)]
 use super::conv::conv2d_nhwc_direct;
-use super::conv::{conv2d_nhwc, im2col_rows, with_patch_buffer, Conv2dGeometry, Epilogue};
+use super::conv::{conv2d_nhwc, im2col_rows, im2col_rows_of, with_patch_buffer, Conv2dGeometry, Epilogue};
 use super::conv_implicit;
 use super::packed_gemm::{for_each_row_tile, packed_matmul, packed_matmul_serial, Lhs, PackedEpilogue, PackedMatrix};
-use super::packed_gemm_bf16::{packed_matmul_bf16, packed_matmul_bf16_rows, PackedMatrixBf16, RowSource};
+use super::packed_gemm_bf16::{
+    bf16_pairs_of, bf16_to_f32, packed_matmul_bf16, packed_matmul_bf16_rows, recycle_pairs, PackedMatrixBf16, RowSource,
+};
 use super::winograd::{self, WinogradConv};
 use crate::tensor::Tensor;
 
@@ -285,11 +287,52 @@ pub(crate) fn conv2d_nhwc_packed(
             })
         }),
         PackedRhs::Bf16(p) => {
-            let source = PatchRows { x, geometry: g, out_hw: (oh, ow) };
-            packed_matmul_bf16_rows(&source, rows, p, &mut out.data, &e);
+            // With an even channel count, each tap's channels are whole bf16 pairs: where
+            // patches read each input value more than once (3x3, not 1x1 stride 2), the
+            // input is converted once and the patch rows are copied from it as pairs.
+            let reused = g.kernel_h * g.kernel_w > g.stride * g.stride;
+            let pairs = if p.takes_pairs() && c_in.is_multiple_of(2) && reused { bf16_pairs_of(&x.data) } else { None };
+            match pairs {
+                Some(pairs) => {
+                    let source = PairPatchRows { pairs: &pairs, hwc: (h, w, c_in / 2), geometry: g, out_hw: (oh, ow) };
+                    packed_matmul_bf16_rows(&source, rows, p, &mut out.data, &e);
+                    recycle_pairs(pairs);
+                }
+                None => {
+                    let source = PatchRows { x, geometry: g, out_hw: (oh, ow) };
+                    packed_matmul_bf16_rows(&source, rows, p, &mut out.data, &e);
+                }
+            }
         }
     }
     out
+}
+
+/// The im2col rows of a convolution from its input already in bf16 pairs (`hwc`: height,
+/// width and pairs per pixel), for the native bf16 kernel.
+struct PairPatchRows<'a> {
+    pairs: &'a [u32],
+    hwc: (usize, usize, usize),
+    geometry: &'a Conv2dGeometry,
+    out_hw: (usize, usize),
+}
+
+impl RowSource for PairPatchRows<'_> {
+    /// The row widened back to f32 (exact); the kernel takes [`Self::row_pairs`] instead.
+    fn row<'s>(&'s self, r: usize, scratch: &'s mut [f32]) -> &'s [f32] {
+        let mut pairs = vec![0u32; scratch.len() / 2];
+        self.row_pairs(r, &mut pairs);
+        for (two, pair) in scratch.chunks_mut(2).zip(&pairs) {
+            two[0] = bf16_to_f32(*pair as u16);
+            two[1] = bf16_to_f32((*pair >> 16) as u16);
+        }
+        scratch
+    }
+
+    fn row_pairs(&self, r: usize, dst: &mut [u32]) -> bool {
+        im2col_rows_of(self.pairs, self.hwc, self.geometry, self.out_hw, 0, r, dst);
+        true
+    }
 }
 
 /// The im2col rows of a convolution, built one at a time for the bf16 kernel.
@@ -309,7 +352,43 @@ impl RowSource for PatchRows<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::kernels::packed_gemm_bf16::f32_to_bf16;
     use crate::prng::SplitMix64;
+
+    /// Patch rows copied from the input in bf16 pairs are the f32 patch rows converted:
+    /// padding, both strides, rows across images.
+    #[test]
+    fn pair_patch_rows_are_converted_patch_rows() {
+        let mut rng = SplitMix64::new(12);
+        for (stride, h, w, c) in [(1, 5, 6, 4), (2, 7, 5, 6)] {
+            let g = Conv2dGeometry {
+                in_channels: c,
+                out_channels: 3,
+                kernel_h: 3,
+                kernel_w: 3,
+                stride,
+                padding: 1,
+                groups: 1,
+            };
+            let x = Tensor::from_vec(&[2, h, w, c], random(&mut rng, 2 * h * w * c)).unwrap();
+            let to_pair = |two: &[f32]| f32_to_bf16(two[0]) as u32 | (f32_to_bf16(two[1]) as u32) << 16;
+            let pairs: Vec<u32> = x.data.chunks(2).map(to_pair).collect();
+            let out_hw = g.output_hw(h, w);
+            let from_f32 = PatchRows { x: &x, geometry: &g, out_hw };
+            let from_pairs = PairPatchRows { pairs: &pairs, hwc: (h, w, c / 2), geometry: &g, out_hw };
+            let k = g.filter_len();
+            for r in 0..2 * out_hw.0 * out_hw.1 {
+                let mut row = vec![0.0; k];
+                let expected: Vec<u32> = from_f32.row(r, &mut row).chunks(2).map(to_pair).collect();
+                let mut got = vec![0; k / 2];
+                assert!(from_pairs.row_pairs(r, &mut got));
+                assert_eq!(got, expected, "stride {stride}, row {r}");
+                let mut widened = vec![0.0; k];
+                let rounded: Vec<f32> = row.iter().map(|&v| bf16_to_f32(f32_to_bf16(v))).collect();
+                assert_eq!(from_pairs.row(r, &mut widened), &rounded[..]);
+            }
+        }
+    }
 
     fn random(rng: &mut SplitMix64, len: usize) -> Vec<f32> {
         (0..len).map(|_| rng.uniform_f32(-1.0, 1.0)).collect()

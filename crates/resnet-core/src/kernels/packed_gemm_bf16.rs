@@ -19,6 +19,8 @@
 
 use std::cell::RefCell;
 
+use rayon::prelude::*;
+
 use super::packed_gemm::{
     avx512_available, best_path, for_each_row_tile, packed_matmul_serial, GemmPath, Lhs, PackedEpilogue, PackedMatrix,
     NR,
@@ -147,6 +149,54 @@ impl PackedMatrixBf16 {
     fn pairs(&self) -> usize {
         self.k.div_ceil(2)
     }
+
+    /// Whether the native kernel runs these weights (and so takes bf16 pairs as they are).
+    pub(crate) fn takes_pairs(&self) -> bool {
+        matches!(self.storage, Storage::Pairs(_))
+    }
+}
+
+thread_local! {
+    /// Buffers of bf16 pairs handed back by [`recycle_pairs`].
+    static PAIR_BUFFERS: RefCell<Vec<Vec<u32>>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Values converted per parallel task by [`bf16_pairs_of`].
+const PAIRS_PER_TASK: usize = 1 << 14;
+
+/// `values` (an even number) as bf16 pairs, converted in parallel into a reused buffer
+/// (hand it back with [`recycle_pairs`]); `None` where the native kernel does not run.
+/// A layer's input converted once, where building each patch row from f32 converted
+/// every input value once per filter tap (9 times for 3x3).
+pub(crate) fn bf16_pairs_of(values: &[f32]) -> Option<Vec<u32>> {
+    if best_bf16_path() != Bf16Path::Native || !values.len().is_multiple_of(2) {
+        return None;
+    }
+    let len = values.len() / 2;
+    let reused = PAIR_BUFFERS.with_borrow_mut(|free| {
+        let best = free.iter().enumerate().filter(|(_, b)| b.capacity() >= len).min_by_key(|(_, b)| b.capacity());
+        best.map(|(i, _)| i).map(|i| free.swap_remove(i))
+    });
+    let mut pairs = reused.unwrap_or_default();
+    // Every lane is written below; growing is the only clearing needed.
+    pairs.resize(len, 0);
+    pairs.par_chunks_mut(PAIRS_PER_TASK).zip(values.par_chunks(2 * PAIRS_PER_TASK)).for_each(|(dst, src)| {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: the native path runs only where AVX512-BF16 and AVX512VL were detected.
+        unsafe {
+            avx512_bf16::convert_row(src, dst)
+        };
+    });
+    Some(pairs)
+}
+
+/// Gives a buffer from [`bf16_pairs_of`] back (at most four are kept per thread).
+pub(crate) fn recycle_pairs(pairs: Vec<u32>) {
+    PAIR_BUFFERS.with_borrow_mut(|free| {
+        if free.len() < 4 {
+            free.push(pairs);
+        }
+    });
 }
 
 /// Per-thread scratch, reused across calls so converting allocates nothing after warm-up.
@@ -168,6 +218,12 @@ thread_local! {
 pub(crate) trait RowSource: Sync {
     /// Row `r`'s K values: borrowed from the source, or written into `scratch` (K long).
     fn row<'s>(&'s self, r: usize, scratch: &'s mut [f32]) -> &'s [f32];
+
+    /// Row `r` as bf16 pairs into `dst` (`ceil(K / 2)` lanes), for a source that holds
+    /// bf16 values already; `false` (the default) means use [`Self::row`] and convert.
+    fn row_pairs(&self, _r: usize, _dst: &mut [u32]) -> bool {
+        false
+    }
 }
 
 /// A row-major matrix with row stride `lda`.
@@ -250,6 +306,9 @@ pub(crate) fn packed_matmul_bf16_rows(
                     }
                     let converted = &mut converted[..rows * pairs];
                     for (r, dst) in converted.chunks_mut(pairs.max(1)).enumerate() {
+                        if source.row_pairs(row0 + r, dst) {
+                            continue;
+                        }
                         let src = source.row(row0 + r, row);
                         #[cfg(target_arch = "x86_64")]
                         // SAFETY: AVX512-BF16 was detected just above.
