@@ -24,13 +24,10 @@ use crate::kernels::{global_avg_pool_nhwc, max_pool2d_nhwc};
 use crate::tensor::Tensor;
 
 /// Largest packed weights of a stage that runs one image at a time (see
-/// [`CompiledResNet::per_image_stage_count`]): about a third of a 32 MiB last-level cache,
-/// which takes in ResNet-50's layer2 with its Winograd filters (10.9 MB) but not layer3.
-const PER_IMAGE_WEIGHT_BYTES: usize = 12 << 20;
-
-/// Smallest whole-batch activation of a stage that runs one image at a time: half a 32 MiB
-/// last-level cache (below it, the batch stays in cache anyway).
-const PER_IMAGE_BATCH_BYTES: usize = 16 << 20;
+/// [`CompiledResNet::per_image_stage_count`]): half a 32 MiB last-level cache, which takes in
+/// ResNet-50's layer2 with its Winograd filters (10.9 MB) and, in bf16, its layer3 (14 MB),
+/// but not the f32 layer3 (68 MB with Winograd filters).
+const PER_IMAGE_WEIGHT_BYTES: usize = 16 << 20;
 
 enum CompiledShortcut {
     Identity,
@@ -157,48 +154,37 @@ impl CompiledResNet {
     }
 
     /// How many leading stages (with the stem) run one image at a time for a batch of `x`'s
-    /// shape: those whose packed weights are at most [`PER_IMAGE_WEIGHT_BYTES`] and whose
-    /// largest activation, over the whole batch, is at least [`PER_IMAGE_BATCH_BYTES`]. There
-    /// a whole batch's activations (51 MB for ResNet-50's layer1 at batch 16) would stream
-    /// through memory at every layer, while one image's (3.2 MB) stays in cache, and the
-    /// weights, small enough to stay in the last-level cache, are cheap to read again per
-    /// image. Deeper stages, with large weights and small activations, run on the whole batch
-    /// so their weights are read once; so do small nets whose whole batch fits in cache (CIFAR
-    /// ResNet-20 at batch 64: 4 MB; one image at a time there was 1.6x slower).
+    /// shape, each thread taking whole images: those whose packed weights are at most
+    /// [`PER_IMAGE_WEIGHT_BYTES`], so that reading them again for every image stays in the
+    /// last-level cache. One image's activations stay in cache too (3.2 MB for ResNet-50's
+    /// layer1, 51 MB for a batch of 16), and no layer's threads wait for one another at its
+    /// end. Deeper stages, with large weights, run on the whole batch so their weights are
+    /// read once. None when the images do not share out evenly over the threads (fewer
+    /// than two, or not a multiple of the thread count below four per thread), where some
+    /// threads would wait for the last image.
     /// `RESNET_PER_IMAGE_STAGES=k` overrides the count (to tune on another CPU).
     ///
-    /// Measured for ResNet-50 at batch 16, 2 threads, 32 MiB L3 (images/s, fp32 / bf16):
-    /// 0 stages 18.9 / 29.0, 1: 19.5 / 30.2, 2: 21.1 / 33.8, 3: 18.8 / 30.4, 4: 18.0 / 30.7.
+    /// Measured with 2 threads and a 32 MiB L3 (ms per batch, stages run per image):
+    /// ResNet-50 at batch 16, fp32: 2 stages 548/556, 3: 564/551; bf16: 2 stages 372-377,
+    /// 3: 354-367, 4: 359-360. CIFAR ResNet-20 at batch 64: none 24.8/26.1, all 3 22.0/22.6.
     fn per_image_stage_count(&self, x: &Tensor) -> usize {
         let from_env = || std::env::var("RESNET_PER_IMAGE_STAGES").ok().and_then(|v| v.parse().ok());
         if let Some(forced) = self.per_image_stages.or_else(from_env) {
             return forced;
         }
-        let n = x.shape[0];
-        let (mut h, mut w) = self.stem_output_hw(x.shape[1], x.shape[2]);
-        let mut count = 0;
-        for stage in &self.stages {
-            let mut weights = 0;
-            let mut largest_activation = 0;
-            for block in stage {
-                let block_input = (h, w);
-                for conv in &block.convs {
-                    weights += conv.weight_bytes();
-                    (h, w) = conv.geometry.output_hw(h, w);
-                    largest_activation = largest_activation.max(4 * h * w * conv.geometry.out_channels);
-                }
-                if let CompiledShortcut::Projection(d) = &block.shortcut {
-                    weights += d.weight_bytes();
-                    let (sh, sw) = d.geometry.output_hw(block_input.0, block_input.1);
-                    largest_activation = largest_activation.max(4 * sh * sw * d.geometry.out_channels);
-                }
-            }
-            if weights > PER_IMAGE_WEIGHT_BYTES || n * largest_activation < PER_IMAGE_BATCH_BYTES {
-                break;
-            }
-            count += 1;
+        let (n, threads) = (x.shape[0], crate::kernels::current_threads().max(1));
+        if n < 2 || (!n.is_multiple_of(threads) && n < 4 * threads) {
+            return 0;
         }
-        count
+        let stage_weights = |stage: &Vec<CompiledBlock>| -> usize {
+            let projections = stage.iter().map(|b| match &b.shortcut {
+                CompiledShortcut::Projection(d) => d.weight_bytes(),
+                _ => 0,
+            });
+            stage.iter().flat_map(|b| &b.convs).map(PackedConv::weight_bytes).sum::<usize>()
+                + projections.sum::<usize>()
+        };
+        self.stages.iter().take_while(|stage| stage_weights(stage) <= PER_IMAGE_WEIGHT_BYTES).count()
     }
 
     /// Height and width after the stem (and its max-pool) for an `h × w` input.
@@ -335,6 +321,7 @@ impl CompiledResNet {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::kernels::packed_gemm_bf16::{best_bf16_path, Bf16Path};
     use crate::model::seeded::{seed_parameters, seeded_values};
 
     /// Compiled and uncompiled forward agree for a bottleneck net with projections, a
@@ -382,16 +369,29 @@ mod tests {
         }
     }
 
-    /// ResNet-50 at 224x224 and batch 16 runs layer1 and layer2 one image at a time (their
-    /// batch activations are 51 and 26 MB, their weights at most 11 MB); one image never
-    /// splits; CIFAR ResNet-20 at batch 64 keeps whole batches (4 MB of activations).
+    /// ResNet-50 at batch 16 runs layer1 and layer2 one image at a time in f32 (layer3's
+    /// weights are 68 MB with Winograd filters) and layer3 too in bf16 (14 MB); CIFAR
+    /// ResNet-20 all its stages; one image, or images that do not share out over the
+    /// threads, never.
     #[test]
-    fn per_image_stages_follow_weights_and_batch_activations() {
-        let r50 = ResNet::from_name("resnet50", 1000).unwrap().into_compiled();
-        assert_eq!(r50.per_image_stage_count(&Tensor::zeros(&[16, 224, 224, 3])), 2);
-        assert_eq!(r50.per_image_stage_count(&Tensor::zeros(&[2, 224, 224, 3])), 0);
-        let r20 = ResNet::from_name("resnet20", 10).unwrap().into_compiled();
-        assert_eq!(r20.per_image_stage_count(&Tensor::zeros(&[64, 32, 32, 3])), 0);
+    fn per_image_stages_follow_weights_and_threads() {
+        let pool = rayon::ThreadPoolBuilder::new().num_threads(2).build().unwrap();
+        pool.install(|| {
+            let r50 = ResNet::from_name("resnet50", 1000).unwrap();
+            let batch = |n: usize| Tensor::zeros(&[n, 224, 224, 3]);
+            let r50_bf16 = r50.clone().into_compiled_with(Precision::Bf16);
+            let r50 = r50.into_compiled();
+            assert_eq!(r50.per_image_stage_count(&batch(16)), 2);
+            // (The emulation, on CPUs without AVX512-BF16, holds bf16 weights as f32.)
+            let native = best_bf16_path() == Bf16Path::Native;
+            assert_eq!(r50_bf16.per_image_stage_count(&batch(16)), if native { 3 } else { 2 });
+            assert_eq!(r50.per_image_stage_count(&batch(2)), 2);
+            assert_eq!(r50.per_image_stage_count(&batch(1)), 0);
+            assert_eq!(r50.per_image_stage_count(&batch(3)), 0);
+            assert_eq!(r50.per_image_stage_count(&batch(9)), 2);
+            let r20 = ResNet::from_name("resnet20", 10).unwrap().into_compiled();
+            assert_eq!(r20.per_image_stage_count(&Tensor::zeros(&[64, 32, 32, 3])), 3);
+        });
     }
 
     #[test]
