@@ -558,7 +558,6 @@ fn output_transform_row_any(
 /// `out[l] = relu?(y[l] + bias[l] + residual[l])` for the first `L` lanes.
 #[inline(always)]
 fn store_outputs<const L: usize>(out: &mut [f32], y: &Lanes, bias: &Lanes, residual: Option<&[f32]>, relu: bool) {
-    let out: &mut [f32; L] = (&mut out[..L]).try_into().expect("L values");
     let mut v: [f32; L] = std::array::from_fn(|l| y[l] + bias[l]);
     if let Some(r) = residual {
         v.iter_mut().zip(&r[..L]).for_each(|(v, r)| *v += r);
@@ -566,7 +565,7 @@ fn store_outputs<const L: usize>(out: &mut [f32], y: &Lanes, bias: &Lanes, resid
     if relu {
         v.iter_mut().for_each(|v| *v = v.max(0.0));
     }
-    *out = v;
+    out[..L].copy_from_slice(&v);
 }
 
 /// [`store_outputs`] for fewer than [`LANES`] channels (`out.len()` of them).
