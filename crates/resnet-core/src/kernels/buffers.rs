@@ -10,7 +10,7 @@
 //! buffers there (the 1.3 GB a ResNet-50 step at batch 16 keeps) instead of having `calloc`
 //! clear them again, ~5% of that step.
 //! The pool is per thread (layers allocate on the thread that runs the network), holds at
-//! most [`MAX_POOLED`] buffers (or [`MAX_POOLED_TRAINING`]), and is plain safe Rust: a reused
+//! most 8 buffers (4096 in training), and is plain safe Rust: a reused
 //! buffer holds stale values, never uninitialised memory.
 
 use std::cell::{Cell, RefCell};
@@ -27,13 +27,13 @@ thread_local! {
     static LIMIT: Cell<usize> = const { Cell::new(MAX_POOLED) };
 }
 
-/// Keeps up to [`MAX_POOLED_TRAINING`] buffers on this thread, so that one training step's
+/// Keeps up to 4096 buffers on this thread (`MAX_POOLED_TRAINING`), so that one training step's
 /// tensors serve the next. Called by each training forward.
 pub fn keep_buffers_for_training() {
     LIMIT.set(MAX_POOLED_TRAINING);
 }
 
-/// Back to [`MAX_POOLED`] buffers on this thread, freeing all but the largest (inference
+/// Back to 8 buffers on this thread (`MAX_POOLED`), freeing all but the largest (inference
 /// after training).
 pub fn keep_buffers_for_inference() {
     if LIMIT.replace(MAX_POOLED) > MAX_POOLED {

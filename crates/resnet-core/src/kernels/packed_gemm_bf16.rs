@@ -3,8 +3,8 @@
 //!
 //! The weights `B` are rounded to bfloat16 once, when packed; the activations `a` are
 //! rounded as each tile of rows is converted for the kernel (or, for 3x3 convolutions, once
-//! per layer by [`bf16_pairs_of`], their patch rows then copied as pairs through
-//! [`RowSource::row_pairs`]); sums, bias, residual and output stay f32. bf16 keeps f32's exponent and 8 bits of mantissa, so each rounding is at most
+//! per layer by `bf16_pairs_of`, their patch rows then copied as pairs through
+//! `RowSource::row_pairs`); sums, bias, residual and output stay f32. bf16 keeps f32's exponent and 8 bits of mantissa, so each rounding is at most
 //! 2^-9 relative, and the errors of a long sum mostly cancel.
 //!
 //! Paths:
