@@ -458,6 +458,27 @@ mod tests {
     use super::*;
     use crate::prng::SplitMix64;
 
+    /// The once-per-layer conversion equals the scalar rounding, across its parallel
+    /// chunks (a length that leaves a short last chunk), and reuses a handed-back buffer.
+    #[test]
+    fn pairs_of_a_layer_input_equal_scalar_rounding() {
+        let mut rng = SplitMix64::new(31);
+        let values: Vec<f32> = (0..2 * (2 * PAIRS_PER_TASK + 3)).map(|_| rng.uniform_f32(-3.0, 3.0)).collect();
+        let Some(pairs) = bf16_pairs_of(&values) else {
+            assert_ne!(best_bf16_path(), Bf16Path::Native, "the native path converts");
+            return;
+        };
+        let expected: Vec<u32> =
+            values.chunks(2).map(|two| f32_to_bf16(two[0]) as u32 | (f32_to_bf16(two[1]) as u32) << 16).collect();
+        assert_eq!(pairs, expected);
+        let ptr = pairs.as_ptr();
+        recycle_pairs(pairs);
+        let again = bf16_pairs_of(&values[..10]).unwrap();
+        assert_eq!(again.as_ptr(), ptr, "the buffer is reused");
+        assert_eq!(again, expected[..5]);
+        assert!(bf16_pairs_of(&values[..3]).is_none(), "an odd count has no pairs");
+    }
+
     #[test]
     fn bf16_rounding_is_nearest_even() {
         assert_eq!(f32_to_bf16(1.0), 0x3F80);
