@@ -1,11 +1,10 @@
 //! Times training-mode BatchNorm forward (+ ReLU) and backward on one activation shape, to
 //! see what the element-wise part of a training step costs.
 //!   cargo run --release -p resnet-core --example batchnorm_timing -- N H C
-mod common;
 
-use common::median_ms;
 use resnet_core::kernels::batchnorm::{batch_norm_relu_backward, batch_norm_train_forward_fused};
 use resnet_core::model::seeded::seeded_values;
+use resnet_core::timing::median_ms;
 use resnet_core::Tensor;
 
 fn main() {

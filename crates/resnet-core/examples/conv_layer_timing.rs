@@ -2,13 +2,12 @@
 //! which part of a training step is slow.
 //!   cargo run --release -p resnet-core --example conv_layer_timing -- N H C_IN C_OUT K STRIDE [direct]
 //! (`direct`: no Winograd for the 3x3 stride-1 layers that would use it).
-mod common;
 
-use common::median_ms;
 use resnet_core::kernels::conv_backward::{conv2d_nhwc_backward_input, conv2d_nhwc_backward_weight};
 use resnet_core::kernels::winograd::{self, WinogradConv};
 use resnet_core::kernels::{conv2d_nhwc, Conv2dGeometry, Epilogue};
 use resnet_core::model::seeded::seeded_values;
+use resnet_core::timing::median_ms;
 use resnet_core::Tensor;
 
 fn main() {

@@ -1,12 +1,11 @@
 //! Times the inference GEMM (f32 and bf16) on one shape, with the epilogue a residual
 //! bottleneck's last 1x1 convolution uses (bias, residual, ReLU), in GFLOP/s.
 //!   cargo run --release -p resnet-core --example gemm_timing -- M K N [THREADS]
-mod common;
 
-use common::median_ms;
 use resnet_core::kernels::packed_gemm::{packed_matmul, PackedEpilogue, PackedMatrix};
 use resnet_core::kernels::packed_gemm_bf16::{packed_matmul_bf16, PackedMatrixBf16};
 use resnet_core::model::seeded::seeded_values;
+use resnet_core::timing::median_ms;
 
 fn main() {
     let a: Vec<usize> = std::env::args().skip(1).filter_map(|s| s.parse().ok()).collect();

@@ -30,6 +30,7 @@ pub mod kernels;
 pub mod model;
 pub mod prng;
 pub mod tensor;
+pub mod timing;
 pub mod weights;
 
 pub use model::{BlockKind, ResNet, ResNetConfig};

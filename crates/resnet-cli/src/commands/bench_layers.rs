@@ -2,7 +2,7 @@
 //! convolution shape of a network stands against it.
 
 use std::collections::BTreeMap;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use resnet_core::kernels::conv_backward::{conv2d_nhwc_backward_input, conv2d_nhwc_backward_weight};
 use resnet_core::kernels::conv_packed::PackedConv;
@@ -12,6 +12,7 @@ use resnet_core::kernels::{conv2d_nhwc, Conv2dGeometry, Epilogue};
 use resnet_core::model::seeded::seeded_values;
 use resnet_core::model::summary::layer_table;
 use resnet_core::model::Precision;
+use resnet_core::timing::median_ms;
 use resnet_core::{ResNet, Tensor};
 use serde::Serialize;
 
@@ -88,19 +89,6 @@ fn seeded_tensor(shape: &[usize], seed: u64) -> Tensor {
     let mut t = Tensor::zeros(shape);
     t.data = seeded_values(seed, t.len(), -1.0, 1.0);
     t
-}
-
-fn median_ms(iters: usize, mut f: impl FnMut()) -> f64 {
-    f();
-    let mut times: Vec<f64> = (0..iters.max(1))
-        .map(|_| {
-            let t = Instant::now();
-            f();
-            t.elapsed().as_secs_f64() * 1e3
-        })
-        .collect();
-    times.sort_by(f64::total_cmp);
-    times[times.len() / 2]
 }
 
 #[derive(Serialize)]

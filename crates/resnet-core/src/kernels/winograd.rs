@@ -304,35 +304,32 @@ struct FilterPanel<'a> {
 
 vectorised_fn! {
     /// One panel's filters transformed (see [`transform_filters`]).
-    fn transform_panel(f: &FilterPanel<'_>, panels: &mut [&mut [f32]]) => transform_panel_any
-}
-
-#[inline(always)]
-fn transform_panel_any(f: &FilterPanel<'_>, panels: &mut [&mut [f32]]) {
-    let co0 = f.p * NR;
-    let cols = NR.min(f.cout - co0);
-    let mut scale = [0.0f64; NR];
-    for (l, s) in scale.iter_mut().enumerate().take(cols) {
-        *s = f.scale.map_or(1.0, |s| s[co0 + l] as f64);
-    }
-    for c in 0..f.cin {
-        let taps = f.source.taps(co0, cols, c, f.cin);
-        // (G g)[i][kx] across the panel's columns.
-        let mut gg = [[[0.0f64; NR]; 3]; 6];
-        for (i, gi) in gg.iter_mut().enumerate() {
-            for (kx, v) in gi.iter_mut().enumerate() {
-                for (l, v) in v.iter_mut().enumerate() {
-                    *v = G[i][0] * taps[kx][l] as f64
-                        + G[i][1] * taps[3 + kx][l] as f64
-                        + G[i][2] * taps[6 + kx][l] as f64;
+    fn transform_panel(f: &FilterPanel<'_>, panels: &mut [&mut [f32]]) {
+        let co0 = f.p * NR;
+        let cols = NR.min(f.cout - co0);
+        let mut scale = [0.0f64; NR];
+        for (l, s) in scale.iter_mut().enumerate().take(cols) {
+            *s = f.scale.map_or(1.0, |s| s[co0 + l] as f64);
+        }
+        for c in 0..f.cin {
+            let taps = f.source.taps(co0, cols, c, f.cin);
+            // (G g)[i][kx] across the panel's columns.
+            let mut gg = [[[0.0f64; NR]; 3]; 6];
+            for (i, gi) in gg.iter_mut().enumerate() {
+                for (kx, v) in gi.iter_mut().enumerate() {
+                    for (l, v) in v.iter_mut().enumerate() {
+                        *v = G[i][0] * taps[kx][l] as f64
+                            + G[i][1] * taps[3 + kx][l] as f64
+                            + G[i][2] * taps[6 + kx][l] as f64;
+                    }
                 }
             }
-        }
-        for (i, gi) in gg.iter().enumerate() {
-            for (j, gj) in G.iter().enumerate() {
-                let row: &mut [f32; NR] = (&mut panels[i * 6 + j][c * NR..(c + 1) * NR]).try_into().expect("NR values");
-                for (l, v) in row.iter_mut().enumerate() {
-                    *v = ((gi[0][l] * gj[0] + gi[1][l] * gj[1] + gi[2][l] * gj[2]) * scale[l]) as f32;
+            for (i, gi) in gg.iter().enumerate() {
+                for (j, gj) in G.iter().enumerate() {
+                    let row: &mut [f32; NR] = (&mut panels[i * 6 + j][c * NR..(c + 1) * NR]).try_into().expect("NR values");
+                    for (l, v) in row.iter_mut().enumerate() {
+                        *v = ((gi[0][l] * gj[0] + gi[1][l] * gj[1] + gi[2][l] * gj[2]) * scale[l]) as f32;
+                    }
                 }
             }
         }
@@ -397,25 +394,28 @@ fn avx512() -> bool {
     best_path() == GemmPath::Avx512
 }
 
-/// `fn $name(args)` that runs `$body(args)` (an `#[inline(always)]` function of safe code)
-/// compiled for AVX-512 where [`avx512`] says so, so that its 16-lane loops become single
-/// instructions, and as it is elsewhere. (A closure handed to one `target_feature`
-/// function is not inlined into it, so each transform gets its own copy.)
+/// `fn $name(args) { body }`, with the body compiled for AVX-512 where [`avx512`] says so
+/// (so that its 16-lane loops become single instructions) and as it is elsewhere: the body
+/// becomes an `#[inline(always)]` inner function, called from a `target_feature` copy or
+/// directly. (A closure handed to one `target_feature` function is not inlined into it, so
+/// each transform gets its own copy.) The body must be safe code.
 macro_rules! vectorised_fn {
-    ($(#[$doc:meta])* fn $name:ident($($arg:ident: $ty:ty),* $(,)?) => $body:ident) => {
+    ($(#[$doc:meta])* fn $name:ident($($arg:ident: $ty:ty),* $(,)?) $body:block) => {
         $(#[$doc])*
         fn $name($($arg: $ty),*) {
+            #[inline(always)]
+            fn body($($arg: $ty),*) $body
             #[cfg(target_arch = "x86_64")]
             if avx512() {
                 #[target_feature(enable = "avx512f")]
                 fn on_avx512($($arg: $ty),*) {
-                    $body($($arg),*)
+                    body($($arg),*)
                 }
-                // SAFETY: AVX-512F was detected at run time; the function is safe code.
+                // SAFETY: AVX-512F was detected at run time; the body is safe code.
                 unsafe { on_avx512($($arg),*) };
                 return;
             }
-            $body($($arg),*)
+            body($($arg),*)
         }
     };
 }
@@ -454,37 +454,34 @@ fn at6(m: [&Lanes; 6]) -> [Lanes; 4] {
 vectorised_fn! {
     /// Input transform of row `ty` of tiles of one image (`x`: `[h, w, cin]`) into `v_row`
     /// (`[cols][ξ][cin]`), 16 channels at a time; positions outside the image are zero.
-    fn input_transform_row(x: &[f32], cin: usize, grid: &TileGrid, ty: usize, v_row: &mut [f32]) => input_transform_row_any
-}
-
-#[inline(always)]
-fn input_transform_row_any(x: &[f32], cin: usize, grid: &TileGrid, ty: usize, v_row: &mut [f32]) {
-    for tx in 0..grid.cols {
-        for c0 in (0..cin).step_by(LANES) {
-            let lanes = LANES.min(cin - c0);
-            let mut d = [[0.0f32; LANES]; POINTS];
-            for py in 0..6 {
-                let Some(y) = (ty * TILE + py).checked_sub(1).filter(|&y| y < grid.h) else { continue };
-                for px in 0..6 {
-                    let Some(xx) = (tx * TILE + px).checked_sub(1).filter(|&xx| xx < grid.w) else { continue };
-                    let at = (y * grid.w + xx) * cin + c0;
-                    copy_lanes(&mut d[py * 6 + px], &x[at..], lanes);
+    fn input_transform_row(x: &[f32], cin: usize, grid: &TileGrid, ty: usize, v_row: &mut [f32]) {
+        for tx in 0..grid.cols {
+            for c0 in (0..cin).step_by(LANES) {
+                let lanes = LANES.min(cin - c0);
+                let mut d = [[0.0f32; LANES]; POINTS];
+                for py in 0..6 {
+                    let Some(y) = (ty * TILE + py).checked_sub(1).filter(|&y| y < grid.h) else { continue };
+                    for px in 0..6 {
+                        let Some(xx) = (tx * TILE + px).checked_sub(1).filter(|&xx| xx < grid.w) else { continue };
+                        let at = (y * grid.w + xx) * cin + c0;
+                        copy_lanes(&mut d[py * 6 + px], &x[at..], lanes);
+                    }
                 }
-            }
-            // Bᵀ d down the columns, then (Bᵀ d) B along the rows.
-            let mut t = [[0.0f32; LANES]; POINTS];
-            for col in 0..6 {
-                let r = bt6([&d[col], &d[6 + col], &d[12 + col], &d[18 + col], &d[24 + col], &d[30 + col]]);
-                for (i, ri) in r.iter().enumerate() {
-                    t[i * 6 + col] = *ri;
+                // Bᵀ d down the columns, then (Bᵀ d) B along the rows.
+                let mut t = [[0.0f32; LANES]; POINTS];
+                for col in 0..6 {
+                    let r = bt6([&d[col], &d[6 + col], &d[12 + col], &d[18 + col], &d[24 + col], &d[30 + col]]);
+                    for (i, ri) in r.iter().enumerate() {
+                        t[i * 6 + col] = *ri;
+                    }
                 }
-            }
-            for i in 0..6 {
-                let row = &t[i * 6..i * 6 + 6];
-                let r = bt6([&row[0], &row[1], &row[2], &row[3], &row[4], &row[5]]);
-                for (j, rj) in r.iter().enumerate() {
-                    let at = (tx * POINTS + i * 6 + j) * cin + c0;
-                    copy_lanes(&mut v_row[at..], rj, lanes);
+                for i in 0..6 {
+                    let row = &t[i * 6..i * 6 + 6];
+                    let r = bt6([&row[0], &row[1], &row[2], &row[3], &row[4], &row[5]]);
+                    for (j, rj) in r.iter().enumerate() {
+                        let at = (tx * POINTS + i * 6 + j) * cin + c0;
+                        copy_lanes(&mut v_row[at..], rj, lanes);
+                    }
                 }
             }
         }
@@ -502,52 +499,41 @@ vectorised_fn! {
         grid: &TileGrid,
         ty: usize,
         target: OutputRows<'_>,
-    ) => output_transform_row_any
-}
-
-#[inline(always)]
-fn output_transform_row_any(
-    m: &[f32],
-    tiles: usize,
-    first_tile: usize,
-    cout: usize,
-    grid: &TileGrid,
-    ty: usize,
-    target: OutputRows<'_>,
-) {
-    let OutputRows { out, residual, bias, relu } = target;
-    let valid_rows = TILE.min(grid.h - ty * TILE);
-    for tx in 0..grid.cols {
-        let tile = first_tile + tx;
-        let valid_cols = TILE.min(grid.w - tx * TILE);
-        for c0 in (0..cout).step_by(LANES) {
-            let lanes = LANES.min(cout - c0);
-            let mut mm = [[0.0f32; LANES]; POINTS];
-            for (xi, v) in mm.iter_mut().enumerate() {
-                let at = (xi * tiles + tile) * cout + c0;
-                copy_lanes(v, &m[at..], lanes);
-            }
-            // Aᵀ M down the columns (6 -> 4 rows), then (Aᵀ M) A along the rows.
-            let mut t = [[0.0f32; LANES]; 4 * 6];
-            for col in 0..6 {
-                let r = at6([&mm[col], &mm[6 + col], &mm[12 + col], &mm[18 + col], &mm[24 + col], &mm[30 + col]]);
-                for (a, ra) in r.iter().enumerate() {
-                    t[a * 6 + col] = *ra;
+    ) {
+        let OutputRows { out, residual, bias, relu } = target;
+        let valid_rows = TILE.min(grid.h - ty * TILE);
+        for tx in 0..grid.cols {
+            let tile = first_tile + tx;
+            let valid_cols = TILE.min(grid.w - tx * TILE);
+            for c0 in (0..cout).step_by(LANES) {
+                let lanes = LANES.min(cout - c0);
+                let mut mm = [[0.0f32; LANES]; POINTS];
+                for (xi, v) in mm.iter_mut().enumerate() {
+                    let at = (xi * tiles + tile) * cout + c0;
+                    copy_lanes(v, &m[at..], lanes);
                 }
-            }
-            let mut b = [0.0f32; LANES];
-            copy_lanes(&mut b, &bias[c0..], lanes);
-            for a in 0..valid_rows {
-                let row = &t[a * 6..a * 6 + 6];
-                let y = at6([&row[0], &row[1], &row[2], &row[3], &row[4], &row[5]]);
-                for (bx, yb) in y.iter().enumerate().take(valid_cols) {
-                    let at = (a * grid.w + tx * TILE + bx) * cout + c0;
-                    let residual = residual.map(|r| &r[at..]);
-                    // At a fixed length when full, as in `copy_lanes`.
-                    if lanes == LANES {
-                        store_outputs::<LANES>(&mut out[at..], yb, &b, residual, relu);
-                    } else {
-                        store_outputs_partial(&mut out[at..at + lanes], yb, &b, residual, relu);
+                // Aᵀ M down the columns (6 -> 4 rows), then (Aᵀ M) A along the rows.
+                let mut t = [[0.0f32; LANES]; 4 * 6];
+                for col in 0..6 {
+                    let r = at6([&mm[col], &mm[6 + col], &mm[12 + col], &mm[18 + col], &mm[24 + col], &mm[30 + col]]);
+                    for (a, ra) in r.iter().enumerate() {
+                        t[a * 6 + col] = *ra;
+                    }
+                }
+                let mut b = [0.0f32; LANES];
+                copy_lanes(&mut b, &bias[c0..], lanes);
+                for a in 0..valid_rows {
+                    let row = &t[a * 6..a * 6 + 6];
+                    let y = at6([&row[0], &row[1], &row[2], &row[3], &row[4], &row[5]]);
+                    for (bx, yb) in y.iter().enumerate().take(valid_cols) {
+                        let at = (a * grid.w + tx * TILE + bx) * cout + c0;
+                        let residual = residual.map(|r| &r[at..]);
+                        // At a fixed length when full, as in `copy_lanes`.
+                        if lanes == LANES {
+                            store_outputs::<LANES>(&mut out[at..], yb, &b, residual, relu);
+                        } else {
+                            store_outputs_partial(&mut out[at..at + lanes], yb, &b, residual, relu);
+                        }
                     }
                 }
             }

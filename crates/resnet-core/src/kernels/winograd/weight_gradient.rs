@@ -87,37 +87,34 @@ vectorised_fn! {
     /// Gradient transform `T = A ∂Y Aᵀ` of row `ty` of tiles of one image's output gradient
     /// (`dy`: `[h, w, cout]`) into `t_row` (`[cols][ξ][cout]`); positions past the edges
     /// are zero.
-    fn gradient_transform_row(dy: &[f32], cout: usize, grid: &TileGrid, ty: usize, t_row: &mut [f32]) => gradient_transform_row_any
-}
-
-#[inline(always)]
-fn gradient_transform_row_any(dy: &[f32], cout: usize, grid: &TileGrid, ty: usize, t_row: &mut [f32]) {
-    let valid_rows = TILE.min(grid.h - ty * TILE);
-    for tx in 0..grid.cols {
-        let valid_cols = TILE.min(grid.w - tx * TILE);
-        for c0 in (0..cout).step_by(LANES) {
-            let lanes = LANES.min(cout - c0);
-            let mut g = [[0.0f32; LANES]; TILE * TILE];
-            for r in 0..valid_rows {
-                for c in 0..valid_cols {
-                    let at = ((ty * TILE + r) * grid.w + tx * TILE + c) * cout + c0;
-                    copy_lanes(&mut g[r * TILE + c], &dy[at..], lanes);
+    fn gradient_transform_row(dy: &[f32], cout: usize, grid: &TileGrid, ty: usize, t_row: &mut [f32]) {
+        let valid_rows = TILE.min(grid.h - ty * TILE);
+        for tx in 0..grid.cols {
+            let valid_cols = TILE.min(grid.w - tx * TILE);
+            for c0 in (0..cout).step_by(LANES) {
+                let lanes = LANES.min(cout - c0);
+                let mut g = [[0.0f32; LANES]; TILE * TILE];
+                for r in 0..valid_rows {
+                    for c in 0..valid_cols {
+                        let at = ((ty * TILE + r) * grid.w + tx * TILE + c) * cout + c0;
+                        copy_lanes(&mut g[r * TILE + c], &dy[at..], lanes);
+                    }
                 }
-            }
-            // A ∂Y down the columns (4 -> 6 rows), then (A ∂Y) Aᵀ along the rows.
-            let mut half = [[0.0f32; LANES]; 6 * TILE];
-            for col in 0..TILE {
-                let r = a6([&g[col], &g[TILE + col], &g[2 * TILE + col], &g[3 * TILE + col]]);
-                for (i, ri) in r.iter().enumerate() {
-                    half[i * TILE + col] = *ri;
+                // A ∂Y down the columns (4 -> 6 rows), then (A ∂Y) Aᵀ along the rows.
+                let mut half = [[0.0f32; LANES]; 6 * TILE];
+                for col in 0..TILE {
+                    let r = a6([&g[col], &g[TILE + col], &g[2 * TILE + col], &g[3 * TILE + col]]);
+                    for (i, ri) in r.iter().enumerate() {
+                        half[i * TILE + col] = *ri;
+                    }
                 }
-            }
-            for i in 0..6 {
-                let row = &half[i * TILE..(i + 1) * TILE];
-                let r = a6([&row[0], &row[1], &row[2], &row[3]]);
-                for (j, rj) in r.iter().enumerate() {
-                    let at = (tx * POINTS + i * 6 + j) * cout + c0;
-                    copy_lanes(&mut t_row[at..], rj, lanes);
+                for i in 0..6 {
+                    let row = &half[i * TILE..(i + 1) * TILE];
+                    let r = a6([&row[0], &row[1], &row[2], &row[3]]);
+                    for (j, rj) in r.iter().enumerate() {
+                        let at = (tx * POINTS + i * 6 + j) * cout + c0;
+                        copy_lanes(&mut t_row[at..], rj, lanes);
+                    }
                 }
             }
         }
@@ -128,38 +125,35 @@ vectorised_fn! {
     /// Rows `co0..` of the OHWI weight gradient (`rows`: up to 16 output channels of
     /// `9 · cin` values): `∂L/∂g[ky][kx] = Σ_ij G[i][ky] · ∂L/∂U_(6i+j) · G[j][kx]` for
     /// every input channel, 16 output channels at a time from `grad_u` (`[ξ][cin][cout]`).
-    fn filter_gradient_rows(grad_u: &[f32], cin: usize, cout: usize, co0: usize, rows: &mut [f32]) => filter_gradient_rows_any
-}
-
-#[inline(always)]
-fn filter_gradient_rows_any(grad_u: &[f32], cin: usize, cout: usize, co0: usize, rows: &mut [f32]) {
-    let g: [[f32; 3]; 6] = G.map(|row| row.map(|v| v as f32));
-    let lanes = LANES.min(cout - co0);
-    for ci in 0..cin {
-        let mut u = [[0.0f32; LANES]; POINTS];
-        for (xi, u_xi) in u.iter_mut().enumerate() {
-            copy_lanes(u_xi, &grad_u[(xi * cin + ci) * cout + co0..], lanes);
-        }
-        // Gᵀ U down the columns (6 -> 3 rows), then (Gᵀ U) G along the rows.
-        let mut half = [[0.0f32; LANES]; 3 * 6];
-        for ky in 0..3 {
-            for j in 0..6 {
-                let h = &mut half[ky * 6 + j];
-                for (i, gi) in g.iter().enumerate() {
-                    let (coefficient, x) = (gi[ky], &u[i * 6 + j]);
-                    h.iter_mut().zip(x).for_each(|(h, x)| *h += coefficient * x);
+    fn filter_gradient_rows(grad_u: &[f32], cin: usize, cout: usize, co0: usize, rows: &mut [f32]) {
+        let g: [[f32; 3]; 6] = G.map(|row| row.map(|v| v as f32));
+        let lanes = LANES.min(cout - co0);
+        for ci in 0..cin {
+            let mut u = [[0.0f32; LANES]; POINTS];
+            for (xi, u_xi) in u.iter_mut().enumerate() {
+                copy_lanes(u_xi, &grad_u[(xi * cin + ci) * cout + co0..], lanes);
+            }
+            // Gᵀ U down the columns (6 -> 3 rows), then (Gᵀ U) G along the rows.
+            let mut half = [[0.0f32; LANES]; 3 * 6];
+            for ky in 0..3 {
+                for j in 0..6 {
+                    let h = &mut half[ky * 6 + j];
+                    for (i, gi) in g.iter().enumerate() {
+                        let (coefficient, x) = (gi[ky], &u[i * 6 + j]);
+                        h.iter_mut().zip(x).for_each(|(h, x)| *h += coefficient * x);
+                    }
                 }
             }
-        }
-        for ky in 0..3 {
-            for kx in 0..3 {
-                let mut tap = [0.0f32; LANES];
-                for (j, gj) in g.iter().enumerate() {
-                    let (coefficient, x) = (gj[kx], &half[ky * 6 + j]);
-                    tap.iter_mut().zip(x).for_each(|(t, x)| *t += coefficient * x);
-                }
-                for (l, value) in tap.iter().enumerate().take(lanes) {
-                    rows[(l * 9 + ky * 3 + kx) * cin + ci] = *value;
+            for ky in 0..3 {
+                for kx in 0..3 {
+                    let mut tap = [0.0f32; LANES];
+                    for (j, gj) in g.iter().enumerate() {
+                        let (coefficient, x) = (gj[kx], &half[ky * 6 + j]);
+                        tap.iter_mut().zip(x).for_each(|(t, x)| *t += coefficient * x);
+                    }
+                    for (l, value) in tap.iter().enumerate().take(lanes) {
+                        rows[(l * 9 + ky * 3 + kx) * cin + ci] = *value;
+                    }
                 }
             }
         }
