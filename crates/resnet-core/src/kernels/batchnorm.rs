@@ -262,33 +262,24 @@ fn backward_with(saved: &BatchNormSaved, gamma: &[f32], grad: &[f32], relu_outpu
     assert_eq!(saved.inv_std.len(), c, "saved statistics must have one value per channel");
     assert_eq!(grad.len(), x_hat.len());
     let wide = wide_row_len(c);
-    // ∂L/∂y of a wide row: `grad`, or `grad` where the ReLU's output is positive.
-    let masked = |g: &[f32], out: Option<&[f32]>, dst: &mut [f32]| match out {
-        Some(out) => dst.iter_mut().zip(g).zip(out).for_each(|((d, &g), &y)| *d = if y > 0.0 { g } else { 0.0 }),
-        None => dst.copy_from_slice(g),
-    };
+    // ∂L/∂y where the ReLU's output is positive (everywhere without a ReLU), read in place
+    // by both passes below: no masked copy of the gradient is made.
+    let masked = |g: f32, y: f32| if y > 0.0 { g } else { 0.0 };
     // One pass for both sums: Σg and Σg·x̂ for each channel.
     let sums = channel_sums(grad, &x_hat.data, c, 2, |at, g, x_hat_w, acc| {
         let [sum_g, sum_g_x_hat] = acc else { unreachable!("two sums") };
-        let mut scratch = [0.0f32; 64];
-        let mut heap = Vec::new();
-        // Without a ReLU the gradient is read as it is (no copy).
-        let g_masked: &[f32] = match relu_output {
-            None => g,
-            Some(out) => {
-                let dst: &mut [f32] = if g.len() <= scratch.len() {
-                    &mut scratch[..g.len()]
-                } else {
-                    heap.resize(g.len(), 0.0);
-                    &mut heap
-                };
-                masked(g, Some(&out[at..at + g.len()]), dst);
-                dst
-            }
-        };
-        for (((sg, sgx), &g), &xh) in sum_g.iter_mut().zip(sum_g_x_hat.iter_mut()).zip(g_masked).zip(x_hat_w) {
+        let add = |g: f32, xh: f32, sg: &mut f64, sgx: &mut f64| {
             *sg += g as f64;
             *sgx += g as f64 * xh as f64;
+        };
+        let sums = sum_g.iter_mut().zip(sum_g_x_hat.iter_mut());
+        match relu_output {
+            None => sums.zip(g).zip(x_hat_w).for_each(|(((sg, sgx), &g), &xh)| add(g, xh, sg, sgx)),
+            Some(out) => sums
+                .zip(g)
+                .zip(x_hat_w)
+                .zip(&out[at..at + g.len()])
+                .for_each(|((((sg, sgx), &g), &xh), &y)| add(masked(g, y), xh, sg, sgx)),
         }
     });
     let (grad_beta, grad_gamma) = (&sums[0], &sums[1]);
@@ -307,12 +298,17 @@ fn backward_with(saved: &BatchNormSaved, gamma: &[f32], grad: &[f32], relu_outpu
             |(b, (dst_rows, x_hat_rows))| {
                 let first = b * block;
                 for (i, (dst, x_hat_w)) in dst_rows.chunks_mut(wide).zip(x_hat_rows.chunks(wide)).enumerate() {
-                    let at = first + i * wide;
-                    // The masked gradient goes straight into `dst`, then is transformed in place.
-                    masked(&grad[at..at + dst.len()], relu_output.map(|o| &o[at..at + dst.len()]), dst);
+                    let (at, len) = (first + i * wide, dst.len());
+                    let g = &grad[at..at + len];
                     let params = scale_wide.iter().zip(&mean_grad_wide).zip(&mean_grad_x_hat_wide);
-                    for ((d, &xh), ((&s, &mg), &mgx)) in dst.iter_mut().zip(x_hat_w).zip(params) {
-                        *d = s * (*d - mg - xh * mgx);
+                    let terms = dst.iter_mut().zip(x_hat_w).zip(params);
+                    let input_gradient = |g: f32, xh: f32, ((&s, &mg), &mgx): ((&f32, &f32), &f32)| s * (g - mg - xh * mgx);
+                    match relu_output {
+                        None => terms.zip(g).for_each(|(((d, &xh), p), &g)| *d = input_gradient(g, xh, p)),
+                        Some(out) => terms
+                            .zip(g)
+                            .zip(&out[at..at + len])
+                            .for_each(|((((d, &xh), p), &g), &y)| *d = input_gradient(masked(g, y), xh, p)),
                     }
                 }
             },
