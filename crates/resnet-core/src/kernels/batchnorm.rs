@@ -302,7 +302,8 @@ fn backward_with(saved: &BatchNormSaved, gamma: &[f32], grad: &[f32], relu_outpu
                     let g = &grad[at..at + len];
                     let params = scale_wide.iter().zip(&mean_grad_wide).zip(&mean_grad_x_hat_wide);
                     let terms = dst.iter_mut().zip(x_hat_w).zip(params);
-                    let input_gradient = |g: f32, xh: f32, ((&s, &mg), &mgx): ((&f32, &f32), &f32)| s * (g - mg - xh * mgx);
+                    let input_gradient =
+                        |g: f32, xh: f32, ((&s, &mg), &mgx): ((&f32, &f32), &f32)| s * (g - mg - xh * mgx);
                     match relu_output {
                         None => terms.zip(g).for_each(|(((d, &xh), p), &g)| *d = input_gradient(g, xh, p)),
                         Some(out) => terms

@@ -24,8 +24,41 @@ pub mod shortcut;
 pub mod winograd;
 
 pub use conv::{conv2d_nhwc, Conv2dGeometry, Epilogue};
+
+/// Whether element-wise kernels run compiled for AVX-512 (not with
+/// `RESNET_PORTABLE_KERNELS=1`, so that tests cover the portable build of the same code).
+pub(crate) fn avx512() -> bool {
+    packed_gemm::best_path() == packed_gemm::GemmPath::Avx512
+}
+
+/// `fn $name(args) { body }`, with the body compiled for AVX-512 where [`avx512`] says so
+/// (so that its 16-lane loops become single instructions) and as it is elsewhere: the body
+/// becomes an `#[inline(always)]` inner function, called from a `target_feature` copy or
+/// directly. (A closure handed to one `target_feature` function is not inlined into it, so
+/// each kernel gets its own copy.) The body must be safe code.
+macro_rules! vectorised_fn {
+    ($(#[$doc:meta])* fn $name:ident($($arg:ident: $ty:ty),* $(,)?) $body:block) => {
+        $(#[$doc])*
+        fn $name($($arg: $ty),*) {
+            #[inline(always)]
+            fn body($($arg: $ty),*) $body
+            #[cfg(target_arch = "x86_64")]
+            if $crate::kernels::avx512() {
+                #[target_feature(enable = "avx512f")]
+                fn on_avx512($($arg: $ty),*) {
+                    body($($arg),*)
+                }
+                // SAFETY: AVX-512F was detected at run time; the body is safe code.
+                unsafe { on_avx512($($arg),*) };
+                return;
+            }
+            body($($arg),*)
+        }
+    };
+}
 pub use matmul::{matmul, MatMul};
 pub use pool::{global_avg_pool_nhwc, max_pool2d_nhwc};
+pub(crate) use vectorised_fn;
 
 /// The number of threads of the rayon pool we run in (the global pool unless the caller
 /// installed another with `--threads`).

@@ -3,6 +3,7 @@
 use rayon::prelude::*;
 
 use super::buffers::take_buffer;
+use super::vectorised_fn;
 use crate::tensor::Tensor;
 
 /// Max-pool with a square `kernel`, `stride` and `padding`; padded cells never win (as in
@@ -34,15 +35,20 @@ pub fn max_pool2d_nhwc(input: &Tensor, kernel: usize, stride: usize, padding: us
                     if ix < 0 || ix >= w as isize {
                         continue;
                     }
-                    let src = &x[((b * h + iy as usize) * w + ix as usize) * c..][..c];
-                    // `max` ignores NaN on one side; PyTorch propagates NaN. Match it, as a
-                    // select (compare and blend), which vectorises.
-                    dst.iter_mut().zip(src).for_each(|(d, &s)| *d = if s > *d || s.is_nan() { s } else { *d });
+                    max_into(dst, &x[((b * h + iy as usize) * w + ix as usize) * c..][..c]);
                 }
             }
         }
     });
     out
+}
+
+vectorised_fn! {
+    /// `dst = max(dst, src)` per value. `max` ignores NaN on one side; PyTorch propagates
+    /// NaN. Matches it, as a select (compare and blend), 16 values at a time.
+    fn max_into(dst: &mut [f32], src: &[f32]) {
+        dst.iter_mut().zip(src).for_each(|(d, &s)| *d = if s > *d || s.is_nan() { s } else { *d });
+    }
 }
 
 /// Mean over H and W: `[N, H, W, C]` -> `[N, C]`.

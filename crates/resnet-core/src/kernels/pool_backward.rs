@@ -7,6 +7,7 @@
 
 use rayon::prelude::*;
 
+use super::vectorised_fn;
 use crate::tensor::Tensor;
 
 /// Max-pool forward that also returns, for every output value, the position of the input
@@ -15,20 +16,23 @@ use crate::tensor::Tensor;
 /// Ties go to the first maximum in scan order (rows, then columns) and a NaN wins over
 /// everything (the last NaN scanned), exactly as PyTorch's CPU kernel. Padded cells never
 /// win. The values equal [`max_pool2d_nhwc`](super::pool::max_pool2d_nhwc)'s. Panics if
-/// `padding > kernel / 2` (PyTorch rejects it too: a window could be all padding).
+/// `padding > kernel / 2` (PyTorch rejects it too: a window could be all padding), or if
+/// an image plane has more than `u32::MAX` pixels (indices are 32-bit: half the memory of
+/// `usize`, and 16 lanes per vector instead of 8 in the selecting loop below).
 pub fn max_pool2d_nhwc_with_indices(
     input: &Tensor,
     kernel: usize,
     stride: usize,
     padding: usize,
-) -> (Tensor, Vec<usize>) {
+) -> (Tensor, Vec<u32>) {
     assert_eq!(input.shape.len(), 4, "max_pool2d_nhwc_with_indices expects an NHWC tensor");
     assert!(kernel > 0 && stride > 0 && padding <= kernel / 2, "invalid max-pool kernel/stride/padding");
     let (n, h, w, c) = (input.shape[0], input.shape[1], input.shape[2], input.shape[3]);
     let oh = (h + 2 * padding).saturating_sub(kernel) / stride + 1;
     let ow = (w + 2 * padding).saturating_sub(kernel) / stride + 1;
+    assert!(u32::try_from(h * w).is_ok(), "max-pool indices are 32-bit: an image plane of {h}x{w} is too large");
     let mut out = Tensor::zeros(&[n, oh, ow, c]);
-    let mut indices = vec![0usize; out.len()];
+    let mut indices = vec![0u32; out.len()];
     if out.is_empty() || h == 0 || w == 0 {
         return (out, indices);
     }
@@ -41,33 +45,51 @@ pub fn max_pool2d_nhwc_with_indices(
             // The window clipped to the image (never empty, since padding ≤ kernel / 2).
             let y0 = (oy * stride).saturating_sub(padding);
             let y1 = (oy * stride + kernel - padding).min(h);
+            let image = &x[b * h * w * c..(b + 1) * h * w * c];
             for (ox, (dst, arg)) in dst_row.chunks_mut(c).zip(arg_row.chunks_mut(c)).enumerate() {
                 let x0 = (ox * stride).saturating_sub(padding);
                 let x1 = (ox * stride + kernel - padding).min(w);
-                dst.fill(f32::NEG_INFINITY);
-                arg.fill(y0 * w + x0);
-                for iy in y0..y1 {
-                    for ix in x0..x1 {
-                        let src = &x[((b * h + iy) * w + ix) * c..][..c];
-                        for ((d, a), &s) in dst.iter_mut().zip(arg.iter_mut()).zip(src) {
-                            if s > *d || s.is_nan() {
-                                *d = s;
-                                *a = iy * w + ix;
-                            }
-                        }
-                    }
-                }
+                max_with_index(image, (w, c), (y0, y1), (x0, x1), dst, arg);
             }
         },
     );
     (out, indices)
 }
 
+vectorised_fn! {
+    /// The maximum of each channel over the window `rows × cols` of one `[H, W = w, C = c]`
+    /// image into `dst`, and its position `iy·W + ix` into `arg`: the first maximum in scan
+    /// order, or the last NaN. Selects, not branches, so that 16 channels go at a time.
+    fn max_with_index(
+        image: &[f32],
+        width_channels: (usize, usize),
+        rows: (usize, usize),
+        cols: (usize, usize),
+        dst: &mut [f32],
+        arg: &mut [u32],
+    ) {
+        let (w, c) = width_channels;
+        dst.fill(f32::NEG_INFINITY);
+        arg.fill((rows.0 * w + cols.0) as u32);
+        for iy in rows.0..rows.1 {
+            for ix in cols.0..cols.1 {
+                let src = &image[(iy * w + ix) * c..][..c];
+                let pos = (iy * w + ix) as u32;
+                for ((d, a), &s) in dst.iter_mut().zip(arg.iter_mut()).zip(src) {
+                    let take = s > *d || s.is_nan();
+                    *a = if take { pos } else { *a };
+                    *d = if take { s } else { *d };
+                }
+            }
+        }
+    }
+}
+
 /// `∂L/∂input` (`[N, H, W, C]`, `input_hw = (H, W)`) of a max-pool from `grad_out`
 /// (`[N, OH, OW, C]`) and the `indices` its forward recorded. Images are independent, so
 /// they run in parallel; within one the scatter-add is sequential (overlapping windows).
 /// Panics when `indices` does not fit the shapes (a caller bug).
-pub fn max_pool2d_nhwc_backward(grad_out: &Tensor, indices: &[usize], input_hw: (usize, usize)) -> Tensor {
+pub fn max_pool2d_nhwc_backward(grad_out: &Tensor, indices: &[u32], input_hw: (usize, usize)) -> Tensor {
     assert_eq!(grad_out.shape.len(), 4, "max-pool backward expects an NHWC gradient");
     assert_eq!(indices.len(), grad_out.len(), "one index per pooled value");
     let (n, c) = (grad_out.shape[0], grad_out.shape[3]);
@@ -86,7 +108,7 @@ pub fn max_pool2d_nhwc_backward(grad_out: &Tensor, indices: &[usize], input_hw: 
             // Pixel by pixel, so the channel is the position in the pixel (no `% c` per value).
             for (pixel_grads, pixel_idx) in grads.chunks(c).zip(idx.chunks(c)) {
                 for (ch, (&g, &pos)) in pixel_grads.iter().zip(pixel_idx).enumerate() {
-                    dst[pos * c + ch] += g;
+                    dst[pos as usize * c + ch] += g;
                 }
             }
         });
@@ -137,7 +159,7 @@ mod tests {
             let (out, idx) = max_pool2d_nhwc_with_indices(&input, k, s, p);
             assert_eq!(out, max_pool2d_nhwc(&input, k, s, p));
             let (oh, ow) = (out.shape[1], out.shape[2]);
-            for (i, (&v, &pos)) in out.data.iter().zip(&idx).enumerate() {
+            for (i, (&v, pos)) in out.data.iter().zip(idx.iter().map(|&p| p as usize)).enumerate() {
                 let (b, ch) = (i / (oh * ow * 3), i % 3);
                 let (oy, ox) = ((i / 3) % (oh * ow) / ow, (i / 3) % ow);
                 assert_eq!(input.data[(b * 42 + pos) * 3 + ch], v);

@@ -26,7 +26,8 @@ use rayon::prelude::*;
 use super::buffers::{recycle, take_buffer};
 #[cfg(doc)]
 use super::conv_packed::WINOGRAD_MIN_CHANNELS;
-use super::packed_gemm::{best_path, packed_matmul_serial, GemmPath, Lhs, PackedEpilogue, PackedMatrix, NR};
+use super::packed_gemm::{packed_matmul_serial, Lhs, PackedEpilogue, PackedMatrix, NR};
+use super::vectorised_fn;
 use crate::tensor::Tensor;
 
 mod weight_gradient;
@@ -387,39 +388,6 @@ fn copy_lanes(dst: &mut [f32], src: &[f32], lanes: usize) {
         dst[..lanes].copy_from_slice(&src[..lanes]);
     }
 }
-
-/// Whether the transforms run compiled for AVX-512 (not with `RESNET_PORTABLE_KERNELS=1`,
-/// so that tests cover the portable build of the same code).
-fn avx512() -> bool {
-    best_path() == GemmPath::Avx512
-}
-
-/// `fn $name(args) { body }`, with the body compiled for AVX-512 where [`avx512`] says so
-/// (so that its 16-lane loops become single instructions) and as it is elsewhere: the body
-/// becomes an `#[inline(always)]` inner function, called from a `target_feature` copy or
-/// directly. (A closure handed to one `target_feature` function is not inlined into it, so
-/// each transform gets its own copy.) The body must be safe code.
-macro_rules! vectorised_fn {
-    ($(#[$doc:meta])* fn $name:ident($($arg:ident: $ty:ty),* $(,)?) $body:block) => {
-        $(#[$doc])*
-        fn $name($($arg: $ty),*) {
-            #[inline(always)]
-            fn body($($arg: $ty),*) $body
-            #[cfg(target_arch = "x86_64")]
-            if avx512() {
-                #[target_feature(enable = "avx512f")]
-                fn on_avx512($($arg: $ty),*) {
-                    body($($arg),*)
-                }
-                // SAFETY: AVX-512F was detected at run time; the body is safe code.
-                unsafe { on_avx512($($arg),*) };
-                return;
-            }
-            body($($arg),*)
-        }
-    };
-}
-pub(super) use vectorised_fn;
 
 /// `Bᵀ d` for one column of 6 values (each 16 channels wide).
 #[inline(always)]

@@ -220,7 +220,7 @@ impl Linear {
 #[derive(Debug)]
 pub struct TrainCache {
     stem: ConvBnCache,
-    max_pool: Option<(Vec<usize>, (usize, usize))>,
+    max_pool: Option<(Vec<u32>, (usize, usize))>,
     blocks: Vec<BlockCache>,
     last_map_hw: (usize, usize),
     pooled: Tensor,

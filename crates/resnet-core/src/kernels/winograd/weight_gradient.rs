@@ -21,9 +21,8 @@ use rayon::prelude::*;
 
 use super::super::buffers::{recycle, take_buffer};
 use super::super::packed_gemm::{packed_matmul_serial, Lhs, PackedEpilogue, PackedMatrix};
-use super::{
-    avx512, copy_lanes, input_transform_row, transform_tiles, vectorised_fn, Lanes, TileGrid, G, LANES, POINTS, TILE,
-};
+use super::super::vectorised_fn;
+use super::{copy_lanes, input_transform_row, transform_tiles, Lanes, TileGrid, G, LANES, POINTS, TILE};
 use crate::tensor::Tensor;
 
 /// `∂L/∂weight` (OHWI, `C_out × 3 × 3 × C_in`) of a 3x3 stride-1 padding-1 convolution from
