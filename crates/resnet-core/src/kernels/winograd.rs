@@ -194,7 +194,7 @@ impl WinogradConv {
         // 2. M_ξ = V_ξ · U_ξ, one task per point.
         let mut m = take_buffer(POINTS * tiles * cout);
         m.par_chunks_mut(tiles * cout).enumerate().for_each(|(xi, m_xi)| {
-            let a = Lhs { data: &v[xi * cin..], row_stride: POINTS * cin, col_stride: 1 };
+            let a = Lhs { data: &v[xi * cin..], row_stride: tile_stride(cin), col_stride: 1 };
             packed_matmul_serial(a, tiles, &self.transformed[xi], m_xi, &PackedEpilogue::default());
         });
         recycle(Tensor { shape: vec![v.len()], data: v });
@@ -351,15 +351,24 @@ impl TileGrid {
     }
 }
 
-/// A transform of one row of tiles of one image (`[h, w, C]`) into `[cols][ξ][C]`.
+/// Values from one tile's transformed values to the next in `[tile][ξ][C]`: one cache line
+/// more than its `36·C`, so that the rows a micro-kernel reads (one tile each) do not all
+/// fall in the same L1 set where `36·C·4` bytes are a multiple of 4 KiB (256 and 512
+/// channels), which made the products thrash L1.
+fn tile_stride(c: usize) -> usize {
+    POINTS * c + 16
+}
+
+/// A transform of one row of tiles of one image (`[h, w, C]`) into `[cols][ξ][C]`, tiles
+/// [`tile_stride`] apart.
 type RowTransform = fn(&[f32], usize, &TileGrid, usize, &mut [f32]);
 
 /// `transform_row` over every row of tiles of every image of NHWC `x`, one task per row,
 /// into a pooled `[tile][ξ][C]` buffer (hand it back with `recycle`).
 fn transform_tiles(x: &Tensor, grid: &TileGrid, transform_row: RowTransform) -> Vec<f32> {
     let (n, h, w, c) = (x.shape[0], x.shape[1], x.shape[2], x.shape[3]);
-    let mut out = take_buffer(n * grid.rows * grid.cols * POINTS * c);
-    out.par_chunks_mut((grid.cols * POINTS * c).max(1)).enumerate().for_each(|(row, out_row)| {
+    let mut out = take_buffer(n * grid.rows * grid.cols * tile_stride(c));
+    out.par_chunks_mut((grid.cols * tile_stride(c)).max(1)).enumerate().for_each(|(row, out_row)| {
         let (image, ty) = (row / grid.rows, row % grid.rows);
         transform_row(&x.data[image * h * w * c..(image + 1) * h * w * c], c, grid, ty, out_row);
     });
@@ -447,7 +456,7 @@ vectorised_fn! {
                     let row = &t[i * 6..i * 6 + 6];
                     let r = bt6([&row[0], &row[1], &row[2], &row[3], &row[4], &row[5]]);
                     for (j, rj) in r.iter().enumerate() {
-                        let at = (tx * POINTS + i * 6 + j) * cin + c0;
+                        let at = tx * tile_stride(cin) + (i * 6 + j) * cin + c0;
                         copy_lanes(&mut v_row[at..], rj, lanes);
                     }
                 }

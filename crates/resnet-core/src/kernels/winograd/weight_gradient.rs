@@ -22,7 +22,7 @@ use rayon::prelude::*;
 use super::super::buffers::{recycle, take_buffer};
 use super::super::packed_gemm::{packed_matmul_serial, Lhs, PackedEpilogue, PackedMatrix};
 use super::super::vectorised_fn;
-use super::{copy_lanes, input_transform_row, transform_tiles, Lanes, TileGrid, G, LANES, POINTS, TILE};
+use super::{copy_lanes, input_transform_row, tile_stride, transform_tiles, Lanes, TileGrid, G, LANES, POINTS, TILE};
 use crate::tensor::Tensor;
 
 /// `∂L/∂weight` (OHWI, `C_out × 3 × 3 × C_in`) of a 3x3 stride-1 padding-1 convolution from
@@ -49,8 +49,8 @@ pub fn weight_gradient(input: &Tensor, grad_out: &Tensor) -> Vec<f32> {
     //    place, T_ξ packed from its interleaved rows.
     let mut grad_u = take_buffer(POINTS * cin * cout);
     grad_u.par_chunks_mut(cin * cout).enumerate().for_each(|(xi, grad_u_xi)| {
-        let packed = PackedMatrix::from_kn_strided(&t[xi * cout..], POINTS * cout, tiles, cout);
-        let a = Lhs { data: &v[xi * cin..], row_stride: 1, col_stride: POINTS * cin };
+        let packed = PackedMatrix::from_kn_strided(&t[xi * cout..], tile_stride(cout), tiles, cout);
+        let a = Lhs { data: &v[xi * cin..], row_stride: 1, col_stride: tile_stride(cin) };
         packed_matmul_serial(a, cin, &packed, grad_u_xi, &PackedEpilogue::default());
     });
     recycle(Tensor { shape: vec![v.len()], data: v });
@@ -111,7 +111,7 @@ vectorised_fn! {
                     let row = &half[i * TILE..(i + 1) * TILE];
                     let r = a6([&row[0], &row[1], &row[2], &row[3]]);
                     for (j, rj) in r.iter().enumerate() {
-                        let at = (tx * POINTS + i * 6 + j) * cout + c0;
+                        let at = tx * tile_stride(cout) + (i * 6 + j) * cout + c0;
                         copy_lanes(&mut t_row[at..], rj, lanes);
                     }
                 }
