@@ -8,6 +8,7 @@ use resnet_core::kernels::conv_backward::{conv2d_nhwc_backward_input, conv2d_nhw
 use resnet_core::kernels::conv_packed::PackedConv;
 use resnet_core::kernels::peak::{best_fp32_isa, has_avx512_bf16, measure_peak, Peak, PeakIsa};
 use resnet_core::kernels::winograd::{self, WinogradConv};
+use resnet_core::kernels::winograd_bf16::{self, WinogradBf16Conv};
 use resnet_core::kernels::{conv2d_nhwc, Conv2dGeometry, Epilogue};
 use resnet_core::model::seeded::seeded_values;
 use resnet_core::model::summary::layer_table;
@@ -175,6 +176,17 @@ pub fn run_layers(
                 _ => None,
             };
             let mut passes = vec![(pass, median_ms(iters, || drop(packed.forward(&input, None, true))), error)];
+            if let (Precision::Bf16, true, Some(d)) = (precision, winograd_bf16::suits(g), &direct) {
+                // Same layer by F(2x2, 3x3) in bf16; its GFLOP/s count direct convolution's multiplies.
+                let conv =
+                    WinogradBf16Conv::new(&weight, g.in_channels, g.out_channels, &ones, vec![0.0; g.out_channels]);
+                let error = relative_error(&conv.forward(&input, None, true), d);
+                passes.push((
+                    "forward (bf16 winograd)",
+                    median_ms(iters, || drop(conv.forward(&input, None, true))),
+                    Some(error),
+                ));
+            }
             if let (Precision::F32, true, Some(d)) = (precision, winograd::fits(g), &direct) {
                 // Same layer by F(4x4, 3x3); its GFLOP/s count direct convolution's multiplies.
                 let conv = WinogradConv::new(&weight, g.in_channels, g.out_channels, &ones, vec![0.0; g.out_channels]);

@@ -15,6 +15,7 @@ use super::packed_gemm_bf16::{
     bf16_pairs_of, bf16_to_f32, packed_matmul_bf16, packed_matmul_bf16_rows, recycle_pairs, PackedMatrixBf16, RowSource,
 };
 use super::winograd::{self, WinogradConv};
+use super::winograd_bf16::{self, WinogradBf16Conv};
 use crate::tensor::Tensor;
 
 /// The number format convolutions multiply in. Sums, biases and activations between layers
@@ -42,7 +43,8 @@ pub struct CompileOptions {
     /// [`WINOGRAD_MAX_CHANNELS_PRODUCT`] input x output channels run direct on one image
     /// (no faster by Winograd, and their transformed filters, 4x the weights, would cost
     /// more memory than the time is worth) and switch to Winograd the first time they see a
-    /// batch with at least [`winograd::MIN_TILES`] output tiles.
+    /// batch with at least [`winograd::MIN_TILES`] output tiles. In bf16, Winograd
+    /// F(2x2, 3x3) where [`winograd_bf16::pays_off`] (256-channel layers).
     pub winograd: bool,
 }
 
@@ -114,6 +116,8 @@ enum Weights {
     /// layer4 at 7x7: as fast as direct for one image, 2.2x faster at batch 16; its two
     /// layers' transformed filters add 75 MB only for callers who run batches).
     PackedThenWinograd(PackedMatrix, OnceLock<WinogradConv>),
+    /// 3x3 stride 1 in bf16, transformed for Winograd F(2x2, 3x3).
+    WinogradBf16(WinogradBf16Conv),
     /// Grouped convolutions (ResNeXt) keep OHWI weights, scale folded in, and run through
     /// [`conv2d_nhwc`]'s grouped path.
     Grouped(Vec<f32>),
@@ -171,6 +175,11 @@ impl PackedConv {
             let weights = Weights::Winograd(WinogradConv::new(weight, c_in, c_out, scale, shift));
             return PackedConv { geometry, weights, bias: Vec::new() };
         }
+        if options.winograd && options.precision == Precision::Bf16 && winograd_bf16::pays_off(&geometry) {
+            // The bias (BN's shift) is applied by the output transform.
+            let weights = Weights::WinogradBf16(WinogradBf16Conv::new(weight, c_in, c_out, scale, shift));
+            return PackedConv { geometry, weights, bias: Vec::new() };
+        }
         let winograd_for_batches = options.winograd
             && options.precision == Precision::F32
             && winograd::fits(&geometry)
@@ -197,6 +206,7 @@ impl PackedConv {
             Weights::Packed(p) => 4 * p.k() * p.n(),
             Weights::PackedBf16(p) => p.bytes(),
             Weights::Winograd(w) => w.bytes(),
+            Weights::WinogradBf16(w) => w.bytes(),
             Weights::PackedThenWinograd(p, w) => 4 * p.k() * p.n() + w.get().map_or(0, WinogradConv::bytes),
             Weights::Grouped(w) => 4 * w.len(),
         }
@@ -219,6 +229,7 @@ impl PackedConv {
             Weights::Packed(p) => conv2d_nhwc_packed(x, g, PackedRhs::F32(p), Some(&self.bias), residual, relu),
             Weights::PackedBf16(p) => conv2d_nhwc_packed(x, g, PackedRhs::Bf16(p), Some(&self.bias), residual, relu),
             Weights::Winograd(w) => w.forward(x, residual, relu),
+            Weights::WinogradBf16(w) => w.forward(x, residual, relu),
             Weights::PackedThenWinograd(p, transformed) => {
                 if winograd::tiles(n, h, w) >= winograd::MIN_TILES {
                     let conv = transformed.get_or_init(|| WinogradConv::from_packed(p, c_in, c_out, self.bias.clone()));

@@ -22,6 +22,7 @@ pub mod pool;
 pub mod pool_backward;
 pub mod shortcut;
 pub mod winograd;
+pub mod winograd_bf16;
 
 pub use conv::{conv2d_nhwc, Conv2dGeometry, Epilogue};
 
@@ -59,6 +60,25 @@ macro_rules! vectorised_fn {
 pub use matmul::{matmul, MatMul};
 pub use pool::{global_avg_pool_nhwc, max_pool2d_nhwc};
 pub(crate) use vectorised_fn;
+
+/// `src[..lanes]` into `dst[..lanes]`, where `lanes` is usually `FULL` (one vector
+/// register's worth): that case is a copy of fixed length, two vector moves. The rarer
+/// shorter copy is a separate, never-inlined function, because inlined, LLVM merges both
+/// arms into one `memcpy` of `lanes` elements, a call to memmove for every full register
+/// too (in perf, 4-6% of the Winograd transforms).
+#[inline(always)]
+pub(crate) fn copy_lanes<T: Copy, const FULL: usize>(dst: &mut [T], src: &[T], lanes: usize) {
+    if lanes == FULL {
+        dst[..FULL].copy_from_slice(&src[..FULL]);
+    } else {
+        copy_few_lanes(dst, src, lanes);
+    }
+}
+
+#[inline(never)]
+fn copy_few_lanes<T: Copy>(dst: &mut [T], src: &[T], lanes: usize) {
+    dst[..lanes].copy_from_slice(&src[..lanes]);
+}
 
 /// The number of threads of the rayon pool we run in (the global pool unless the caller
 /// installed another with `--threads`).

@@ -24,7 +24,7 @@ pub const MR: usize = 12;
 /// Depth of one block of `K` (a `KC × NR` block of `B` is 32 KiB, an L1's worth).
 pub(crate) const KC: usize = 256;
 /// Most rows per parallel task: the task's rows of `a` for one `K` block stay in L2.
-const MAX_TILE_ROWS: usize = 16 * MR;
+pub(crate) const MAX_TILE_ROWS: usize = 16 * MR;
 
 /// `B[K, N]`, packed for [`packed_matmul`].
 #[derive(Clone, Debug)]

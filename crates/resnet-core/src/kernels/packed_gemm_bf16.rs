@@ -24,7 +24,7 @@ use rayon::prelude::*;
 
 use super::packed_gemm::{
     avx512_available, best_path, for_each_row_tile, packed_matmul_serial, GemmPath, Lhs, PackedEpilogue, PackedMatrix,
-    NR,
+    MAX_TILE_ROWS, NR,
 };
 use super::peak::has_avx512_bf16;
 
@@ -173,14 +173,8 @@ pub(crate) fn bf16_pairs_of(values: &[f32]) -> Option<Vec<u32>> {
     if best_bf16_path() != Bf16Path::Native || !values.len().is_multiple_of(2) {
         return None;
     }
-    let len = values.len() / 2;
-    let reused = PAIR_BUFFERS.with_borrow_mut(|free| {
-        let best = free.iter().enumerate().filter(|(_, b)| b.capacity() >= len).min_by_key(|(_, b)| b.capacity());
-        best.map(|(i, _)| i).map(|i| free.swap_remove(i))
-    });
-    let mut pairs = reused.unwrap_or_default();
     // Every lane is written below; growing is the only clearing needed.
-    pairs.resize(len, 0);
+    let mut pairs = take_pairs(values.len() / 2);
     pairs.par_chunks_mut(PAIRS_PER_TASK).zip(values.par_chunks(2 * PAIRS_PER_TASK)).for_each(|(dst, src)| {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: the native path runs only where AVX512-BF16 and AVX512VL were detected.
@@ -318,11 +312,63 @@ pub(crate) fn packed_matmul_bf16_rows(
                         };
                     }
                     #[cfg(target_arch = "x86_64")]
-                    avx512_bf16::tile(converted, pairs, rows, panels, n, out_tile, tile_e);
+                    avx512_bf16::tile((converted, pairs), pairs, rows, panels, n, out_tile, tile_e);
                 })
             });
         }
     }
+}
+
+/// `out[M, N] = a · b` with `a` already in bf16 pairs: row `i` is `b.k() / 2` pairs at
+/// `a[i·row_stride..]`. On the calling thread, for callers that run independent products
+/// in parallel (Winograd's 16 per convolution); rows in blocks as the parallel version's
+/// tiles. Panics unless `b` is packed for the native kernel ([`PackedMatrixBf16::takes_pairs`])
+/// with an even `K`, or when the slices are too short (caller bugs).
+pub(crate) fn packed_matmul_bf16_pairs_serial(
+    a: &[u32],
+    m: usize,
+    row_stride: usize,
+    b: &PackedMatrixBf16,
+    out: &mut [f32],
+) {
+    let (pairs, n) = (b.pairs(), b.n);
+    assert!(b.k.is_multiple_of(2), "pairs hold an even K");
+    assert!(row_stride >= pairs, "rows of pairs must not overlap");
+    assert_eq!(out.len(), m * n, "out must be M × N");
+    if m == 0 || n == 0 {
+        return;
+    }
+    assert!(a.len() >= (m - 1) * row_stride + pairs, "a is too short for M rows");
+    let Storage::Pairs(panels) = &b.storage else {
+        panic!("bf16 pairs are multiplied only by weights packed for the native kernel");
+    };
+    assert!(avx512_available() && has_avx512_bf16() && avx512vl_available(), "native bf16 needs AVX512-BF16");
+    for (t, out_tile) in out.chunks_mut(MAX_TILE_ROWS * n).enumerate() {
+        let row0 = t * MAX_TILE_ROWS;
+        let rows = out_tile.len() / n;
+        #[cfg(target_arch = "x86_64")]
+        avx512_bf16::tile(
+            (&a[row0 * row_stride..], row_stride),
+            pairs,
+            rows,
+            panels,
+            n,
+            out_tile,
+            &PackedEpilogue::default(),
+        );
+    }
+}
+
+/// A buffer of at least `len` pairs from those handed back by [`recycle_pairs`] (or a new
+/// one), `len` long, its values unspecified: for callers that write every lane.
+pub(crate) fn take_pairs(len: usize) -> Vec<u32> {
+    let reused = PAIR_BUFFERS.with_borrow_mut(|free| {
+        let best = free.iter().enumerate().filter(|(_, b)| b.capacity() >= len).min_by_key(|(_, b)| b.capacity());
+        best.map(|(i, _)| i).map(|i| free.swap_remove(i))
+    });
+    let mut pairs = reused.unwrap_or_default();
+    pairs.resize(len, 0);
+    pairs
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -361,10 +407,11 @@ mod avx512_bf16 {
         }
     }
 
-    /// One tile of `rows` rows: `a` holds them as bf16 pairs (`pairs` per row), `panels` the
+    /// One tile of `rows` rows: `a` holds them as bf16 pairs (`pairs` per row, rows
+    /// `row_stride` apart), `panels` the
     /// packed weights; loops as the f32 tile (blocks of `K`, panels, `MR` rows).
     pub(super) fn tile(
-        a: &[u32],
+        (a, row_stride): (&[u32], usize),
         pairs: usize,
         rows: usize,
         panels: &[u32],
@@ -374,8 +421,8 @@ mod avx512_bf16 {
     ) {
         for_each_micro_tile(pairs, KC_PAIRS, n, rows, |kp0, kc, p, r0, mr| {
             let mut block = Block {
-                a: &a[r0 * pairs + kp0..],
-                row_stride: pairs,
+                a: &a[r0 * row_stride + kp0..],
+                row_stride,
                 kc,
                 panel: &panels[(p * pairs + kp0) * NR..(p * pairs + kp0 + kc) * NR],
                 dest: Destination::new(out, n, r0, p, kp0 == 0 && !e.accumulate, kp0 + kc == pairs, e),

@@ -264,7 +264,7 @@ impl FilterSource<'_> {
                 // Here the output channels are the original input channels: contiguous.
                 for (tap, t) in t.iter_mut().enumerate() {
                     let at = (c * 9 + (8 - tap)) * original_cin + co0;
-                    t[..cols].copy_from_slice(&w[at..at + cols]);
+                    super::copy_lanes::<f32, NR>(t, &w[at..], cols);
                 }
             }
         }
@@ -385,17 +385,10 @@ struct OutputRows<'a> {
 
 type Lanes = [f32; LANES];
 
-/// `src[..lanes]` into the first lanes of `dst`. A full register's worth is copied at its
-/// fixed length, which compiles to one vector load and store; a variable-length
-/// `copy_from_slice` is a call to `memmove` per 64 bytes, which cost ~4% of a ResNet-50
-/// batch.
+/// `src[..lanes]` into the first lanes of `dst` (see [`super::copy_lanes`]).
 #[inline(always)]
 fn copy_lanes(dst: &mut [f32], src: &[f32], lanes: usize) {
-    if lanes == LANES {
-        dst[..LANES].copy_from_slice(&src[..LANES]);
-    } else {
-        dst[..lanes].copy_from_slice(&src[..lanes]);
-    }
+    super::copy_lanes::<f32, LANES>(dst, src, lanes);
 }
 
 /// `Bᵀ d` for one column of 6 values (each 16 channels wide).
