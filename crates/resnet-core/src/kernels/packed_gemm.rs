@@ -80,17 +80,8 @@ impl PackedMatrix {
             panels.par_chunks_mut(k * NR).enumerate().for_each(|(p, panel)| {
                 let cols = NR.min(n - p * NR);
                 for (kk, dst) in panel.chunks_mut(NR).enumerate() {
-                    let src = &b[kk * row_stride + p * NR..];
-                    // A full panel row is copied at its fixed length (two vector moves);
-                    // a variable-length copy is a call to memmove per 128 bytes.
-                    if cols == NR {
-                        dst.copy_from_slice(&src[..NR]);
-                    } else if cols == NR / 2 {
-                        // 16 output channels (the CIFAR nets' first stage).
-                        dst[..NR / 2].copy_from_slice(&src[..NR / 2]);
-                    } else {
-                        dst[..cols].copy_from_slice(&src[..cols]);
-                    }
+                    // A full panel row is copied at its fixed length (vector moves).
+                    super::copy_lanes::<f32, NR>(dst, &b[kk * row_stride + p * NR..], cols);
                 }
             });
         }
