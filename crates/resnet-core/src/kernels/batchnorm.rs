@@ -180,7 +180,15 @@ pub fn batch_norm_train_forward_fused(
     let fresh = || Tensor::from_vec(&x.shape, take_buffer(x.data.len())).unwrap_or_else(|| Tensor::zeros(&x.shape));
     let mut x_hat = fresh();
     let mut y = fresh();
-    let (mean_wide, inv_std_wide) = (tiled(&mean, wide), tiled(&inv_std, wide));
+    // The element-wise pass runs in f32 (in f64 it ran at half the vector width), with the
+    // mean split into a head (f32) and the rest: `x − head` is exact where x is close to the
+    // mean (Sterbenz), so a mean far from zero against the spread loses nothing to its own
+    // rounding to f32 (the test's offset case: 6e-5 of the output with a plain f32 mean).
+    let mean_head: Vec<f32> = mean.iter().map(|&m| m as f32).collect();
+    let mean_rest: Vec<f32> = mean.iter().zip(&mean_head).map(|(&m, &h)| (m - h as f64) as f32).collect();
+    let inv_std_f32: Vec<f32> = inv_std.iter().map(|&s| s as f32).collect();
+    let (mean_wide, inv_std_wide) = (tiled(&mean_head, wide), tiled(&inv_std_f32, wide));
+    let mean_rest_wide = tiled(&mean_rest, wide);
     let (gamma_wide, beta_wide) = (tiled(gamma, wide), tiled(beta, wide));
     let block = ROWS_PER_BLOCK * c;
     x_hat.data.par_chunks_mut(block).zip(y.data.par_chunks_mut(block)).enumerate().for_each(
@@ -191,9 +199,12 @@ pub fn batch_norm_train_forward_fused(
             for (i, ((x_hat_w, y_w), x_w)) in
                 x_hat_rows.chunks_mut(wide).zip(y_rows.chunks_mut(wide)).zip(x_rows.chunks(wide)).enumerate()
             {
-                let params = mean_wide.iter().zip(&inv_std_wide).zip(gamma_wide.iter().zip(&beta_wide));
-                for (((xh, yv), &v), ((m, s), (g, be))) in x_hat_w.iter_mut().zip(y_w.iter_mut()).zip(x_w).zip(params) {
-                    let normalised = ((v as f64 - m) * s) as f32;
+                let mean = mean_wide.iter().zip(&mean_rest_wide);
+                let params = mean.zip(&inv_std_wide).zip(gamma_wide.iter().zip(&beta_wide));
+                for (((xh, yv), &v), (((m, m_rest), s), (g, be))) in
+                    x_hat_w.iter_mut().zip(y_w.iter_mut()).zip(x_w).zip(params)
+                {
+                    let normalised = ((v - m) - m_rest) * s;
                     *xh = normalised;
                     *yv = g * normalised + be;
                 }
