@@ -53,7 +53,7 @@ pub struct PlanArgs {
     pub precision: PrecisionArg,
     /// Compute 3x3 stride-1 convolutions directly instead of by Winograd: F(4x4,3x3) in
     /// fp32 (about 2x faster on those layers, rounding errors ~2e-6 of a layer's largest
-    /// output instead of ~1e-7), F(2x2,3x3) in bf16 on 128- and 256-channel layers (1.1-1.4x
+    /// output instead of ~1e-7), F(2x2,3x3) in bf16 on layers of 128 channels and more (1.1-1.5x
     /// faster there, errors ~4e-3 instead of ~2.4e-3). With `bench --train`, the training
     /// convolutions too.
     #[arg(long)]

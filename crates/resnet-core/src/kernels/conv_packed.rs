@@ -44,7 +44,7 @@ pub struct CompileOptions {
     /// (no faster by Winograd, and their transformed filters, 4x the weights, would cost
     /// more memory than the time is worth) and switch to Winograd the first time they see a
     /// batch with at least [`winograd::MIN_TILES`] output tiles. In bf16, Winograd
-    /// F(2x2, 3x3) where [`winograd_bf16::pays_off`] (128 to 256 channels).
+    /// F(2x2, 3x3) where [`winograd_bf16::pays_off`] (128 channels and more).
     pub winograd: bool,
 }
 

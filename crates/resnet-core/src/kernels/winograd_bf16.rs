@@ -53,23 +53,23 @@ pub fn suits(g: &Conv2dGeometry) -> bool {
 }
 
 /// Whether the compiled bf16 plan computes `g` by this module: where [`suits`] holds and
-/// the layer has 128 channels or more on each side and at most 256 x 256 in all
-/// (ResNet-50's layer2 and layer3). Measured (`resnet bench --layers --precision bf16`, ms,
-/// direct -> F(2x2); three runs at 1 image, 1 thread, after the copy fix in `copy_lanes`):
+/// the layer has 128 channels or more on each side (ResNet-50's layer2 to layer4).
+/// Measured (`resnet bench --layers --precision bf16`, ms, direct -> F(2x2); runs of
+/// one image on one thread, and of 16 images on 2 threads):
 ///
 /// | layer | 1 image, 1 thread | 16 images, 2 threads |
 /// |---|---|---|
-/// | 64 -> 64 at 56x56 | 1.69, 1.75, 1.38 -> 2.15, 2.51, 1.54 | 13.3 -> 23.3 |
-/// | 128 -> 128 at 28x28 | 1.53, 1.33, 1.26 -> 1.36, 1.18, 1.09 | 18.0 -> 17.9 |
-/// | 256 -> 256 at 14x14 | 1.45, 1.21, 1.21 -> 0.90, 0.88, 0.84 | 10.2 -> 8.1 |
-/// | 512 -> 512 at 7x7 | 1.22, 1.37, 1.26 -> 1.22, 1.41, 0.86 | 9.6 -> 12.7 |
+/// | 64 -> 64 at 56x56 | 1.69, 1.75, 1.38 -> 2.15, 2.51, 1.54 | 11.3, 11.9 -> 16.5, 19.1 |
+/// | 128 -> 128 at 28x28 | 1.53, 1.33, 1.26 -> 1.36, 1.18, 1.09 | 9.4, 9.3 -> 10.0, 9.7 |
+/// | 256 -> 256 at 14x14 | 1.45, 1.21, 1.21 -> 0.90, 0.88, 0.84 | 8.8, 9.3 -> 5.7, 5.9 |
+/// | 512 -> 512 at 7x7 | 1.22, 1.37, 1.26 -> 1.22, 1.41, 0.86 | 9.1, 8.8 -> 6.5, 6.0 |
 ///
-/// (The batch-16 column is from before that fix.) The 64-channel layers' products are too
-/// short (`K = C_in`) for their transforms' cost; the 512-channel ones, run on whole
-/// batches, stream 8 MB of transformed filters through 16 products per call. Where it
-/// does not win, direct convolution's smaller rounding errors are worth more.
+/// The compiled plan runs ResNet-50's layer2 and layer3 one image at a time and layer4 on
+/// the whole batch (see `CompiledResNet`), where each of these wins. The 64-channel
+/// layers' products are too short (`K = C_in`) for their transforms' cost, and direct
+/// convolution's smaller rounding errors are worth more there.
 pub fn pays_off(g: &Conv2dGeometry) -> bool {
-    suits(g) && g.in_channels.min(g.out_channels) >= 128 && g.in_channels * g.out_channels <= 256 * 256
+    suits(g) && g.in_channels.min(g.out_channels) >= 128
 }
 
 /// 2x2 output tiles of `n` images of `h × w`.
