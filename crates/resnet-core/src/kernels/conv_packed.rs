@@ -405,6 +405,44 @@ mod tests {
         (0..len).map(|_| rng.uniform_f32(-1.0, 1.0)).collect()
     }
 
+    /// In bf16, 3x3 stride-1 layers of 128 channels and more compile to Winograd F(2x2)
+    /// where the native kernel runs (and not with `winograd: false`, nor below 128
+    /// channels); its result stays within 1% of the largest output of direct f32, as
+    /// direct bf16's does.
+    #[test]
+    fn bf16_winograd_is_chosen_by_width_and_option() {
+        let mut rng = SplitMix64::new(14);
+        let native = winograd_bf16::suits(&geometry_3x3(128, 128));
+        for (c, winograd, expected) in [(128, true, native), (128, false, false), (64, true, false)] {
+            let g = geometry_3x3(c, c);
+            let weight: Vec<f32> = random(&mut rng, g.weight_len()).iter().map(|w| w * 0.05).collect();
+            let (scale, shift) = (vec![1.0; c], random(&mut rng, c));
+            let options = CompileOptions { precision: Precision::Bf16, winograd };
+            let conv = PackedConv::compile(g, &weight, &scale, shift.clone(), options);
+            assert_eq!(matches!(conv.weights, Weights::WinogradBf16(_)), expected, "{c} channels, winograd {winograd}");
+            let x: Vec<f32> = random(&mut rng, 2 * 6 * 5 * c).iter().map(|v| v.max(0.0)).collect();
+            let x = Tensor::from_vec(&[2, 6, 5, c], x).unwrap();
+            let e = Epilogue { scale: None, shift: Some(&shift), residual: None, relu: true };
+            let exact = conv2d_nhwc_direct(&x, &weight, &g, &e);
+            let got = conv.forward(&x, None, true);
+            let peak = exact.data.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+            let err = got.data.iter().zip(&exact.data).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
+            assert!(err <= 1e-2 * peak, "{c} channels, winograd {winograd}: error {err} of {peak}");
+        }
+    }
+
+    fn geometry_3x3(c_in: usize, c_out: usize) -> Conv2dGeometry {
+        Conv2dGeometry {
+            in_channels: c_in,
+            out_channels: c_out,
+            kernel_h: 3,
+            kernel_w: 3,
+            stride: 1,
+            padding: 1,
+            groups: 1,
+        }
+    }
+
     /// A 3x3 layer too wide to hold transformed for one image runs direct on one small
     /// image, and by Winograd (transformed from its packed weights on first use) on a batch:
     /// both equal to direct convolution (Winograd within 1e-5 of the largest output).
