@@ -364,6 +364,7 @@ impl RowSource for PatchRows<'_> {
 mod tests {
     use super::*;
     use crate::kernels::packed_gemm_bf16::f32_to_bf16;
+    use crate::kernels::winograd::tests::geometry_3x3;
     use crate::prng::SplitMix64;
 
     /// Patch rows copied from the input in bf16 pairs are the f32 patch rows converted:
@@ -431,18 +432,6 @@ mod tests {
         }
     }
 
-    fn geometry_3x3(c_in: usize, c_out: usize) -> Conv2dGeometry {
-        Conv2dGeometry {
-            in_channels: c_in,
-            out_channels: c_out,
-            kernel_h: 3,
-            kernel_w: 3,
-            stride: 1,
-            padding: 1,
-            groups: 1,
-        }
-    }
-
     /// A 3x3 layer too wide to hold transformed for one image runs direct on one small
     /// image, and by Winograd (transformed from its packed weights on first use) on a batch:
     /// both equal to direct convolution (Winograd within 1e-5 of the largest output).
@@ -451,15 +440,7 @@ mod tests {
         let mut rng = SplitMix64::new(10);
         let (c_in, c_out) = (257, 256);
         assert!(c_in * c_out > WINOGRAD_MAX_CHANNELS_PRODUCT);
-        let g = Conv2dGeometry {
-            in_channels: c_in,
-            out_channels: c_out,
-            kernel_h: 3,
-            kernel_w: 3,
-            stride: 1,
-            padding: 1,
-            groups: 1,
-        };
+        let g = geometry_3x3(c_in, c_out);
         let weight: Vec<f32> = random(&mut rng, g.weight_len()).iter().map(|w| w * 0.05).collect();
         let scale: Vec<f32> = random(&mut rng, c_out).iter().map(|s| 0.5 + s.abs()).collect();
         let shift = random(&mut rng, c_out);

@@ -38,7 +38,7 @@ const TILE: usize = 4;
 /// Transform points per tile: 6 x 6.
 const POINTS: usize = 36;
 /// Channels transformed together (one AVX-512 register of f32).
-const LANES: usize = 16;
+pub(super) const LANES: usize = 16;
 
 /// Filter transform `G` (6 x 3).
 const G: [[f64; 3]; 6] = [
@@ -337,12 +337,12 @@ vectorised_fn! {
     }
 }
 
-/// The tiling of one image: `rows x cols` tiles of 4x4 over `h x w` outputs.
-struct TileGrid {
-    h: usize,
-    w: usize,
-    rows: usize,
-    cols: usize,
+/// The tiling of one image: `rows x cols` tiles (4x4 here, 2x2 in bf16) over `h x w` outputs.
+pub(super) struct TileGrid {
+    pub(super) h: usize,
+    pub(super) w: usize,
+    pub(super) rows: usize,
+    pub(super) cols: usize,
 }
 
 impl TileGrid {
@@ -376,14 +376,14 @@ fn transform_tiles(x: &Tensor, grid: &TileGrid, transform_row: RowTransform) -> 
 }
 
 /// Where one row of tiles' outputs go: `out` and `residual` are its (up to) 4 image rows.
-struct OutputRows<'a> {
-    out: &'a mut [f32],
-    residual: Option<&'a [f32]>,
-    bias: &'a [f32],
-    relu: bool,
+pub(super) struct OutputRows<'a> {
+    pub(super) out: &'a mut [f32],
+    pub(super) residual: Option<&'a [f32]>,
+    pub(super) bias: &'a [f32],
+    pub(super) relu: bool,
 }
 
-type Lanes = [f32; LANES];
+pub(super) type Lanes = [f32; LANES];
 
 /// `src[..lanes]` into the first lanes of `dst` (see [`super::copy_lanes`]).
 #[inline(always)]
@@ -470,40 +470,54 @@ vectorised_fn! {
         ty: usize,
         target: OutputRows<'_>,
     ) {
-        let OutputRows { out, residual, bias, relu } = target;
-        let valid_rows = TILE.min(grid.h - ty * TILE);
-        for tx in 0..grid.cols {
-            let tile = first_tile + tx;
-            let valid_cols = TILE.min(grid.w - tx * TILE);
-            for c0 in (0..cout).step_by(LANES) {
-                let lanes = LANES.min(cout - c0);
-                let mut mm = [[0.0f32; LANES]; POINTS];
-                for (xi, v) in mm.iter_mut().enumerate() {
-                    let at = (xi * tiles + tile) * cout + c0;
-                    copy_lanes(v, &m[at..], lanes);
+        output_transform_row_of::<TILE, 6, POINTS>(at6, (m, tiles, first_tile, cout), grid, ty, target);
+    }
+}
+
+/// The output transform of one row of tiles for a Winograd algorithm of `TILE`×`TILE`
+/// outputs from `SPAN`×`SPAN = POINTS` points, whose `Aᵀ` `at` applies to one column:
+/// shared by F(4x4) here and bf16's F(2x2) (`super::winograd_bf16`), each calling it from
+/// its own [`vectorised_fn!`] (inlined there, `at` included). `m` holds `[ξ][tile][cout]`
+/// for all `tiles`, the row's first being `first_tile`.
+#[inline(always)]
+pub(super) fn output_transform_row_of<const TILE: usize, const SPAN: usize, const POINTS: usize>(
+    at: fn([&Lanes; SPAN]) -> [Lanes; TILE],
+    (m, tiles, first_tile, cout): (&[f32], usize, usize, usize),
+    grid: &TileGrid,
+    ty: usize,
+    target: OutputRows<'_>,
+) {
+    let OutputRows { out, residual, bias, relu } = target;
+    let valid_rows = TILE.min(grid.h - ty * TILE);
+    for tx in 0..grid.cols {
+        let tile = first_tile + tx;
+        let valid_cols = TILE.min(grid.w - tx * TILE);
+        for c0 in (0..cout).step_by(LANES) {
+            let lanes = LANES.min(cout - c0);
+            let mut mm = [[0.0f32; LANES]; POINTS];
+            for (xi, v) in mm.iter_mut().enumerate() {
+                copy_lanes(v, &m[(xi * tiles + tile) * cout + c0..], lanes);
+            }
+            // Aᵀ M down the columns (SPAN -> TILE rows), then (Aᵀ M) A along the rows.
+            let mut t = [[[0.0f32; LANES]; SPAN]; TILE];
+            for col in 0..SPAN {
+                let r = at(std::array::from_fn(|i| &mm[i * SPAN + col]));
+                for (row, ra) in t.iter_mut().zip(&r) {
+                    row[col] = *ra;
                 }
-                // Aᵀ M down the columns (6 -> 4 rows), then (Aᵀ M) A along the rows.
-                let mut t = [[0.0f32; LANES]; 4 * 6];
-                for col in 0..6 {
-                    let r = at6([&mm[col], &mm[6 + col], &mm[12 + col], &mm[18 + col], &mm[24 + col], &mm[30 + col]]);
-                    for (a, ra) in r.iter().enumerate() {
-                        t[a * 6 + col] = *ra;
-                    }
-                }
-                let mut b = [0.0f32; LANES];
-                copy_lanes(&mut b, &bias[c0..], lanes);
-                for a in 0..valid_rows {
-                    let row = &t[a * 6..a * 6 + 6];
-                    let y = at6([&row[0], &row[1], &row[2], &row[3], &row[4], &row[5]]);
-                    for (bx, yb) in y.iter().enumerate().take(valid_cols) {
-                        let at = (a * grid.w + tx * TILE + bx) * cout + c0;
-                        let residual = residual.map(|r| &r[at..]);
-                        // At a fixed length when full, as in `copy_lanes`.
-                        if lanes == LANES {
-                            store_outputs::<LANES>(&mut out[at..], yb, &b, residual, relu);
-                        } else {
-                            store_outputs_partial(&mut out[at..at + lanes], yb, &b, residual, relu);
-                        }
+            }
+            let mut b = [0.0f32; LANES];
+            copy_lanes(&mut b, &bias[c0..], lanes);
+            for (a, row) in t.iter().enumerate().take(valid_rows) {
+                let y = at(std::array::from_fn(|j| &row[j]));
+                for (bx, yb) in y.iter().enumerate().take(valid_cols) {
+                    let at = (a * grid.w + tx * TILE + bx) * cout + c0;
+                    let residual = residual.map(|r| &r[at..]);
+                    // At a fixed length when full, as in `copy_lanes`.
+                    if lanes == LANES {
+                        store_outputs::<LANES>(&mut out[at..], yb, &b, residual, relu);
+                    } else {
+                        store_outputs_partial(&mut out[at..at + lanes], yb, &b, residual, relu);
                     }
                 }
             }
@@ -537,13 +551,13 @@ fn store_outputs_partial(out: &mut [f32], y: &Lanes, bias: &Lanes, residual: Opt
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::kernels::conv::{conv2d_nhwc_direct, Conv2dGeometry, Epilogue};
     use crate::prng::SplitMix64;
 
     /// A convolution this module computes: 3x3, stride 1, padding 1.
-    pub(super) fn geometry_3x3(cin: usize, cout: usize) -> Conv2dGeometry {
+    pub(crate) fn geometry_3x3(cin: usize, cout: usize) -> Conv2dGeometry {
         Conv2dGeometry {
             in_channels: cin,
             out_channels: cout,

@@ -27,6 +27,7 @@ use super::conv::Conv2dGeometry;
 use super::packed_gemm_bf16::{
     best_bf16_path, packed_matmul_bf16_pairs_serial, recycle_pairs, take_pairs, Bf16Path, PackedMatrixBf16,
 };
+use super::winograd::{output_transform_row_of, Lanes, OutputRows, TileGrid, LANES};
 use super::{copy_lanes, vectorised_fn};
 use crate::tensor::Tensor;
 
@@ -36,10 +37,6 @@ const TILE: usize = 2;
 const SPAN: usize = 4;
 /// Transform points per tile (`SPAN²`).
 const POINTS: usize = SPAN * SPAN;
-/// Channels transformed together (one AVX-512 register of f32).
-const LANES: usize = 16;
-
-type Lanes = [f32; LANES];
 
 /// Filter transform `G` (4 x 3).
 const G: [[f64; 3]; 4] = [[1.0, 0.0, 0.0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0.0, 0.0, 1.0]];
@@ -189,22 +186,6 @@ impl WinogradBf16Conv {
     }
 }
 
-/// The tiling of one image: `rows x cols` tiles of 2x2 over `h x w` outputs.
-struct TileGrid {
-    h: usize,
-    w: usize,
-    rows: usize,
-    cols: usize,
-}
-
-/// Where one row of tiles' outputs go: `out` and `residual` are its (up to) 2 image rows.
-struct OutputRows<'a> {
-    out: &'a mut [f32],
-    residual: Option<&'a [f32]>,
-    bias: &'a [f32],
-    relu: bool,
-}
-
 /// `Bᵀ d` for one column of 4 values (each 16 channels wide).
 #[inline(always)]
 fn bt4(d: [&Lanes; SPAN]) -> [Lanes; SPAN] {
@@ -300,45 +281,7 @@ vectorised_fn! {
         ty: usize,
         target: OutputRows<'_>,
     ) {
-        let OutputRows { out, residual, bias, relu } = target;
-        let valid_rows = TILE.min(grid.h - ty * TILE);
-        for tx in 0..grid.cols {
-            let tile = first_tile + tx;
-            let valid_cols = TILE.min(grid.w - tx * TILE);
-            for c0 in (0..cout).step_by(LANES) {
-                let lanes = LANES.min(cout - c0);
-                let mut mm = [[0.0f32; LANES]; POINTS];
-                for (xi, v) in mm.iter_mut().enumerate() {
-                    let at = (xi * tiles + tile) * cout + c0;
-                    copy_lanes::<f32, LANES>(v, &m[at..], lanes);
-                }
-                // Aᵀ M down the columns (4 -> 2 rows), then (Aᵀ M) A along the rows.
-                let mut t = [[0.0f32; LANES]; TILE * SPAN];
-                for col in 0..SPAN {
-                    let r = at4([&mm[col], &mm[SPAN + col], &mm[2 * SPAN + col], &mm[3 * SPAN + col]]);
-                    for (a, ra) in r.iter().enumerate() {
-                        t[a * SPAN + col] = *ra;
-                    }
-                }
-                let mut b = [0.0f32; LANES];
-                copy_lanes::<f32, LANES>(&mut b, &bias[c0..], lanes);
-                for a in 0..valid_rows {
-                    let row = &t[a * SPAN..a * SPAN + SPAN];
-                    let y = at4([&row[0], &row[1], &row[2], &row[3]]);
-                    for (bx, yb) in y.iter().enumerate().take(valid_cols) {
-                        let at = (a * grid.w + tx * TILE + bx) * cout + c0;
-                        let mut v: Lanes = std::array::from_fn(|l| yb[l] + b[l]);
-                        if let Some(r) = residual {
-                            v.iter_mut().zip(&r[at..at + lanes]).for_each(|(v, r)| *v += r);
-                        }
-                        if relu {
-                            v.iter_mut().for_each(|v| *v = v.max(0.0));
-                        }
-                        copy_lanes::<f32, LANES>(&mut out[at..], &v, lanes);
-                    }
-                }
-            }
-        }
+        output_transform_row_of::<TILE, SPAN, POINTS>(at4, (m, tiles, first_tile, cout), grid, ty, target);
     }
 }
 
@@ -348,19 +291,8 @@ mod tests {
     use crate::kernels::conv::{conv2d_nhwc_direct, Epilogue};
     use crate::kernels::conv_packed::PackedConv;
     use crate::kernels::conv_packed::Precision;
+    use crate::kernels::winograd::tests::geometry_3x3;
     use crate::prng::SplitMix64;
-
-    fn geometry_3x3(cin: usize, cout: usize) -> Conv2dGeometry {
-        Conv2dGeometry {
-            in_channels: cin,
-            out_channels: cout,
-            kernel_h: 3,
-            kernel_w: 3,
-            stride: 1,
-            padding: 1,
-            groups: 1,
-        }
-    }
 
     fn random(rng: &mut SplitMix64, len: usize, scale: f32) -> Vec<f32> {
         (0..len).map(|_| rng.uniform_f32(-scale as f64, scale as f64)).collect()
