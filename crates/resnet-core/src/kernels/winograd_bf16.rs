@@ -69,11 +69,6 @@ pub fn pays_off(g: &Conv2dGeometry) -> bool {
     suits(g) && g.in_channels.min(g.out_channels) >= 128
 }
 
-/// 2x2 output tiles of `n` images of `h × w`.
-pub fn tiles(n: usize, h: usize, w: usize) -> usize {
-    n * h.div_ceil(TILE) * w.div_ceil(TILE)
-}
-
 /// A 3x3, stride-1, padding-1 convolution with BatchNorm folded in, its filters transformed
 /// for F(2x2, 3x3) and rounded to bf16.
 #[derive(Clone, Debug)]
@@ -89,7 +84,8 @@ pub struct WinogradBf16Conv {
 impl WinogradBf16Conv {
     /// From OHWI 3x3 `weight`, BatchNorm's eval `scale` (folded into the filters) and
     /// `shift` (the bias), one per output channel. The transform runs in f64; its results
-    /// are rounded to bf16 once. Panics unless [`suits`] holds for the shapes (a caller bug).
+    /// are rounded to bf16 once. Panics on an odd number of input channels or weights that
+    /// are not `out_channels × 3 × 3 × in_channels` (caller bugs).
     pub fn new(weight: &[f32], in_channels: usize, out_channels: usize, scale: &[f32], shift: Vec<f32>) -> Self {
         let (cin, cout) = (in_channels, out_channels);
         assert_eq!(weight.len(), cout * 9 * cin, "weights must be OHWI 3x3");
