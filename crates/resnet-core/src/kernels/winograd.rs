@@ -327,7 +327,8 @@ vectorised_fn! {
             }
             for (i, gi) in gg.iter().enumerate() {
                 for (j, gj) in G.iter().enumerate() {
-                    let row: &mut [f32; NR] = (&mut panels[i * 6 + j][c * NR..(c + 1) * NR]).try_into().expect("NR values");
+                    // Row c of point (i, j)'s panel: NR values, as a fixed-size array.
+                    let row = &mut panels[i * 6 + j].as_chunks_mut::<NR>().0[c];
                     for (l, v) in row.iter_mut().enumerate() {
                         *v = ((gi[0][l] * gj[0] + gi[1][l] * gj[1] + gi[2][l] * gj[2]) * scale[l]) as f32;
                     }
