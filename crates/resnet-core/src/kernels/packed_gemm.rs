@@ -16,6 +16,8 @@ use rayon::prelude::*;
 
 use super::matmul::{matmul, MatMul};
 
+mod lhs_block;
+
 /// Columns per packed panel: two AVX-512 registers of f32.
 pub const NR: usize = 32;
 /// Rows per micro-tile: 12 rows × 2 registers = 24 accumulators, leaving registers for the
@@ -362,18 +364,23 @@ pub(crate) use micro_kernel_for;
 pub(super) mod avx512 {
     use std::arch::x86_64::*;
 
+    use super::lhs_block::{copy_block, worth_copying, CopiedBlock};
     use super::{Lhs, PackedEpilogue, PackedMatrix, KC, MR, NR};
 
     /// One tile of rows on AVX-512: for each block of `K` and each panel, every `MR` rows
     /// run through the micro-kernel (a shorter kernel takes the last rows; a panel of at
     /// most 16 columns uses the one-register kernel, so no work is wasted on padding).
+    ///
+    /// Where [`worth_copying`] says so, each `K` block of the tile's rows is first copied
+    /// into a per-thread buffer ([`copy_block`]), so that the kernel's rows do not share L1
+    /// sets.
     pub(in super::super) fn tile(a: Lhs<'_>, rows: usize, b: &PackedMatrix, out: &mut [f32], e: &PackedEpilogue<'_>) {
         let (k, n) = (b.k, b.n);
-        for_each_micro_tile(k, KC, n, rows, |k0, kc, p, r0, mr| {
+        let run = |a_micro_tile: &[f32], row_stride, col_stride, k0, kc, p, r0, mr, out: &mut [f32]| {
             let mut block = Block {
-                a: &a.data[r0 * a.row_stride + k0 * a.col_stride..],
-                row_stride: a.row_stride,
-                col_stride: a.col_stride,
+                a: a_micro_tile,
+                row_stride,
+                col_stride,
                 kc,
                 panel: &b.panel(p)[k0 * NR..(k0 + kc) * NR],
                 dest: Destination::new(out, n, r0, p, k0 == 0 && !e.accumulate, k0 + kc == k, e),
@@ -383,7 +390,33 @@ pub(super) mod avx512 {
             // (see `packed_matmul_on`), and `check` proved every pointer the kernel forms
             // lies inside its slice.
             unsafe { dispatch(mr, &mut block) };
+        };
+        if !worth_copying(&a, n) {
+            for_each_micro_tile(k, KC, n, rows, |k0, kc, p, r0, mr| {
+                let a_micro_tile = &a.data[r0 * a.row_stride + k0 * a.col_stride..];
+                run(a_micro_tile, a.row_stride, a.col_stride, k0, kc, p, r0, mr, out);
+            });
+            return;
+        }
+        LHS_COPY.with_borrow_mut(|buf| {
+            let mut copied: Option<(usize, CopiedBlock)> = None;
+            for_each_micro_tile(k, KC, n, rows, |k0, kc, p, r0, mr| {
+                let block = match copied {
+                    Some((copied_k0, block)) if copied_k0 == k0 => block,
+                    _ => {
+                        let block = copy_block(&a, rows, k0, kc, buf);
+                        copied = Some((k0, block));
+                        block
+                    }
+                };
+                run(&buf[r0 * block.stride..], block.stride, 1, k0, kc, p, r0, mr, out);
+            });
         });
+    }
+
+    thread_local! {
+        /// [`tile`]'s copy of one `K` block of its rows of `a`, kept between calls.
+        static LHS_COPY: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
     }
 
     /// Visits a tile's micro-tiles in the order the micro-kernels want them: blocks of the
@@ -670,6 +703,8 @@ mod tests {
             (200, 64, 600, 0),
             (29, 16, 20, 0),
             (14, 48, 9, 2),
+            // Rows 4 KiB apart over two K blocks: the tile copies each block first.
+            (41, 70, 300, 724),
         ] {
             let lda = k + extra_lda;
             let a = random(&mut rng, m * lda);

@@ -292,15 +292,17 @@ pub(crate) fn packed_matmul_bf16_rows(
                 "bf16 pairs are packed only where AVX512-BF16 runs"
             );
             let pairs = b.pairs();
+            let stride = converted_row_stride(pairs);
             for_each_row_tile(m, n, out, e, |row0, rows, out_tile, tile_e| {
                 TILE_SCRATCH.with_borrow_mut(|Scratch { pairs: converted, row, .. }| {
                     row.resize(k, 0.0);
                     // convert_row writes every lane, so growing is the only clearing needed.
-                    if converted.len() < rows * pairs {
-                        converted.resize(rows * pairs, 0);
+                    if converted.len() < rows * stride {
+                        converted.resize(rows * stride, 0);
                     }
-                    let converted = &mut converted[..rows * pairs];
-                    for (r, dst) in converted.chunks_mut(pairs.max(1)).enumerate() {
+                    let converted = &mut converted[..rows * stride];
+                    for (r, row_and_padding) in converted.chunks_mut(stride.max(1)).enumerate() {
+                        let dst = &mut row_and_padding[..pairs];
                         if source.row_pairs(row0 + r, dst) {
                             continue;
                         }
@@ -312,10 +314,24 @@ pub(crate) fn packed_matmul_bf16_rows(
                         };
                     }
                     #[cfg(target_arch = "x86_64")]
-                    avx512_bf16::tile((converted, pairs), pairs, rows, panels, n, out_tile, tile_e);
+                    avx512_bf16::tile((converted, stride), pairs, rows, panels, n, out_tile, tile_e);
                 })
             });
         }
+    }
+}
+
+/// The distance between a tile's converted rows of `pairs` lanes: one cache line more where
+/// `pairs` lanes are a multiple of 4 KiB (K = 2048, ResNet-50's layer4 1x1 convolutions),
+/// since the micro-kernel's twelve rows would otherwise share one L1 set (`gemm_timing`,
+/// M 784 × K 2048 × N 512, one thread: 122 -> 168 GFLOP/s; see `packed_gemm`'s copy of
+/// such rows in f32).
+fn converted_row_stride(pairs: usize) -> usize {
+    const LANES_PER_4_KIB: usize = 4096 / size_of::<u32>();
+    if pairs > 0 && pairs.is_multiple_of(LANES_PER_4_KIB) {
+        pairs + 16
+    } else {
+        pairs
     }
 }
 
