@@ -21,15 +21,22 @@
 use rayon::prelude::*;
 
 use super::buffers::take_buffer;
+use super::vectorised_fn;
 use crate::tensor::Tensor;
 
 /// What the training-mode forward keeps for the backward and for the running statistics.
 #[derive(Clone, Debug)]
 pub struct BatchNormSaved {
-    /// The normalised input x̂, same shape as the input.
-    pub x_hat: Tensor,
-    /// Per-channel batch mean.
+    /// The input x, from which the backward recomputes the normalised x̂ exactly as the
+    /// forward computed it ([`standardised`]). Keeping x rather than x̂ spares the forward a
+    /// pass writing x̂ over the whole activation, for the same memory (x is dropped
+    /// otherwise).
+    pub input: Tensor,
+    /// Per-channel batch mean, rounded to f32.
     pub mean: Vec<f32>,
+    /// What the f32 mean leaves out of the f64 one: `mean + mean_rest` is the mean to
+    /// about 2⁻⁴⁸ of it.
+    pub mean_rest: Vec<f32>,
     /// Per-channel `1 / √(var + eps)` with the biased batch variance.
     pub inv_std: Vec<f32>,
     /// Per-channel unbiased batch variance `Σ(x − mean)² / (n − 1)`, for `running_var`.
@@ -71,11 +78,11 @@ fn tiled<T: Copy>(values: &[T], wide: usize) -> Vec<T> {
 }
 
 /// Per-channel sums in f64 over the `rows × c` values of `data` (and `other`, the same
-/// shape): `add(offset, values, others, acc)` adds the terms of the wide row (or shorter
-/// last one) at `offset` into `acc`, `terms` accumulators of one wide row each. Blocks of
-/// [`ROWS_PER_BLOCK`] rows run in parallel and are added in block order, and each block
-/// folds its wide-row lanes into channels in lane order, so results do not depend on the
-/// number of threads. Returns `terms` vectors of `c` sums.
+/// shape): `add(offset, values, others, acc)` adds the terms of the block of whole wide rows
+/// at `offset` into `acc`, `terms` accumulators of one wide row each (lane `i` of a wide row
+/// into `acc[t][i]`). Blocks of [`ROWS_PER_BLOCK`] rows run in parallel and are added in
+/// block order, and each block folds its wide-row lanes into channels in lane order, so
+/// results do not depend on the number of threads. Returns `terms` vectors of `c` sums.
 fn channel_sums(
     data: &[f32],
     other: &[f32],
@@ -91,9 +98,7 @@ fn channel_sums(
         .enumerate()
         .map(|(b, (values, others))| {
             let mut acc = vec![vec![0.0f64; wide]; terms];
-            for (i, (v, o)) in values.chunks(wide).zip(others.chunks(wide)).enumerate() {
-                add(b * block + i * wide, v, o, &mut acc);
-            }
+            add(b * block, values, others, &mut acc);
             // Fold the wide row's lanes into channels.
             acc.iter()
                 .map(|lanes| {
@@ -115,6 +120,63 @@ fn channel_sums(
     total
 }
 
+vectorised_fn! {
+    /// Adds each value's `v − shift` and its square into the lanes of `sum` and `squares`,
+    /// wide row by wide row (`shift` is one wide row).
+    fn add_shifted_moments(values: &[f32], shift: &[f64], sum: &mut [f64], squares: &mut [f64]) {
+        for row in values.chunks(shift.len().max(1)) {
+            for (((s, q), &v), m) in sum.iter_mut().zip(squares.iter_mut()).zip(row).zip(shift) {
+                let d = v as f64 - m;
+                *s += d;
+                *q += d * d;
+            }
+        }
+    }
+}
+
+/// One wide row each of the per-channel `mean`, `mean_rest` and `inv_std` that standardise
+/// x into x̂.
+type Standardisation = [Vec<f32>; 3];
+
+/// x̂ from x: `((x − mean) − mean_rest)·inv_std`. The mean is split into an f32 head and the
+/// rest so that the pass runs in f32 (in f64 it ran at half the vector width) and still
+/// loses nothing to the mean's rounding: `x − mean` is exact where x is close to the mean
+/// (Sterbenz), so a mean far from zero against the spread costs no accuracy (the test's
+/// offset case: 6e-5 of the output with a plain f32 mean). The forward and both backward
+/// passes call this one function, so the backward's x̂ is the forward's, bit for bit.
+#[inline(always)]
+fn standardised(x: f32, mean: f32, mean_rest: f32, inv_std: f32) -> f32 {
+    ((x - mean) - mean_rest) * inv_std
+}
+
+vectorised_fn! {
+    /// `y = relu?(γ·x̂ + β + residual?)` over whole wide rows.
+    fn normalise_rows(
+        x: &[f32],
+        y: &mut [f32],
+        standardisation: &Standardisation,
+        affine: &[Vec<f32>; 2],
+        residual: Option<&[f32]>,
+        relu: bool,
+    ) {
+        let [mean, mean_rest, inv_std] = standardisation;
+        let [gamma, beta] = affine;
+        let wide = gamma.len().max(1);
+        for (i, (y_w, x_w)) in y.chunks_mut(wide).zip(x.chunks(wide)).enumerate() {
+            let params = mean.iter().zip(mean_rest).zip(inv_std).zip(gamma.iter().zip(beta));
+            for ((yv, &v), (((&m, &m_rest), &s), (g, be))) in y_w.iter_mut().zip(x_w).zip(params) {
+                *yv = g * standardised(v, m, m_rest, s) + be;
+            }
+            if let Some(r) = residual {
+                y_w.iter_mut().zip(&r[i * wide..]).for_each(|(v, r)| *v += r);
+            }
+            if relu {
+                y_w.iter_mut().for_each(|v| *v = v.max(0.0));
+            }
+        }
+    }
+}
+
 /// Channels of an NHWC (or `[N, C]`) tensor and the number of values per channel.
 fn rows_and_channels(x: &Tensor) -> (usize, usize) {
     let channels = x.shape.last().copied().unwrap_or(0);
@@ -131,21 +193,22 @@ pub fn batch_norm_train_forward(
     beta: &[f32],
     eps: f32,
 ) -> Result<(Tensor, BatchNormSaved), BatchNormError> {
-    batch_norm_train_forward_fused(x, gamma, beta, eps, None, false)
+    batch_norm_train_forward_fused(x.clone(), gamma, beta, eps, None, false)
 }
 
 /// [`batch_norm_train_forward`] followed by `relu?(y + residual?)`, in the same pass over
 /// the data (a residual block's end: one pass less over the activation than applying them
-/// after). Panics when `residual` does not have `x`'s length (a caller bug).
+/// after). `x` is kept for the backward. Panics when `residual` does not have `x`'s length
+/// (a caller bug).
 pub fn batch_norm_train_forward_fused(
-    x: &Tensor,
+    x: Tensor,
     gamma: &[f32],
     beta: &[f32],
     eps: f32,
     residual: Option<&[f32]>,
     relu: bool,
 ) -> Result<(Tensor, BatchNormSaved), BatchNormError> {
-    let (n, c) = rows_and_channels(x);
+    let (n, c) = rows_and_channels(&x);
     assert_eq!(gamma.len(), c, "BatchNorm weight must have one value per channel");
     assert_eq!(beta.len(), c, "BatchNorm bias must have one value per channel");
     if let Some(r) = residual {
@@ -162,11 +225,7 @@ pub fn batch_norm_train_forward_fused(
     let shift_wide = tiled(&shift, wide);
     let sums = channel_sums(&x.data, &x.data, c, 2, |_, values, _, acc| {
         let [sum, sum_squares] = acc else { unreachable!("two sums") };
-        for (((s, q), &v), m) in sum.iter_mut().zip(sum_squares.iter_mut()).zip(values).zip(&shift_wide) {
-            let d = v as f64 - m;
-            *s += d;
-            *q += d * d;
-        }
+        add_shifted_moments(values, &shift_wide, sum, sum_squares);
     });
     let (sum, sum_squares) = (&sums[0], &sums[1]);
     let mean_offset: Vec<f64> = sum.iter().map(|s| s / n as f64).collect();
@@ -176,51 +235,24 @@ pub fn batch_norm_train_forward_fused(
         sum_squares.iter().zip(&mean_offset).map(|(q, d)| (q - n as f64 * d * d).max(0.0)).collect();
     let inv_std: Vec<f64> = squared_deviations.iter().map(|s| 1.0 / (s / n as f64 + eps as f64).sqrt()).collect();
 
-    // Both are written in full below, so reused buffers need no clearing.
-    let fresh = || Tensor::from_vec(&x.shape, take_buffer(x.data.len())).unwrap_or_else(|| Tensor::zeros(&x.shape));
-    let mut x_hat = fresh();
-    let mut y = fresh();
-    // The element-wise pass runs in f32 (in f64 it ran at half the vector width), with the
-    // mean split into a head (f32) and the rest: `x − head` is exact where x is close to the
-    // mean (Sterbenz), so a mean far from zero against the spread loses nothing to its own
-    // rounding to f32 (the test's offset case: 6e-5 of the output with a plain f32 mean).
+    // Written in full below, so a reused buffer needs no clearing.
+    let mut y = Tensor::from_vec(&x.shape, take_buffer(x.data.len())).unwrap_or_else(|| Tensor::zeros(&x.shape));
     let mean_head: Vec<f32> = mean.iter().map(|&m| m as f32).collect();
     let mean_rest: Vec<f32> = mean.iter().zip(&mean_head).map(|(&m, &h)| (m - h as f64) as f32).collect();
-    let inv_std_f32: Vec<f32> = inv_std.iter().map(|&s| s as f32).collect();
-    let (mean_wide, inv_std_wide) = (tiled(&mean_head, wide), tiled(&inv_std_f32, wide));
-    let mean_rest_wide = tiled(&mean_rest, wide);
-    let (gamma_wide, beta_wide) = (tiled(gamma, wide), tiled(beta, wide));
+    let inv_std: Vec<f32> = inv_std.iter().map(|&s| s as f32).collect();
+    let standardisation = [tiled(&mean_head, wide), tiled(&mean_rest, wide), tiled(&inv_std, wide)];
+    let affine = [tiled(gamma, wide), tiled(beta, wide)];
     let block = ROWS_PER_BLOCK * c;
-    x_hat.data.par_chunks_mut(block).zip(y.data.par_chunks_mut(block)).enumerate().for_each(
-        |(b, (x_hat_rows, y_rows))| {
-            let first = b * block;
-            let x_rows = &x.data[first..first + x_hat_rows.len()];
-            let residual_rows = residual.map(|r| &r[first..first + x_hat_rows.len()]);
-            for (i, ((x_hat_w, y_w), x_w)) in
-                x_hat_rows.chunks_mut(wide).zip(y_rows.chunks_mut(wide)).zip(x_rows.chunks(wide)).enumerate()
-            {
-                let mean = mean_wide.iter().zip(&mean_rest_wide);
-                let params = mean.zip(&inv_std_wide).zip(gamma_wide.iter().zip(&beta_wide));
-                for (((xh, yv), &v), (((m, m_rest), s), (g, be))) in
-                    x_hat_w.iter_mut().zip(y_w.iter_mut()).zip(x_w).zip(params)
-                {
-                    let normalised = ((v - m) - m_rest) * s;
-                    *xh = normalised;
-                    *yv = g * normalised + be;
-                }
-                if let Some(r) = residual_rows {
-                    y_w.iter_mut().zip(&r[i * wide..]).for_each(|(v, r)| *v += r);
-                }
-                if relu {
-                    y_w.iter_mut().for_each(|v| *v = v.max(0.0));
-                }
-            }
-        },
-    );
+    y.data.par_chunks_mut(block).enumerate().for_each(|(b, y_rows)| {
+        let rows = b * block..b * block + y_rows.len();
+        let residual_rows = residual.map(|r| &r[rows.clone()]);
+        normalise_rows(&x.data[rows], y_rows, &standardisation, &affine, residual_rows, relu);
+    });
     let saved = BatchNormSaved {
-        x_hat,
-        mean: mean.iter().map(|&m| m as f32).collect(),
-        inv_std: inv_std.iter().map(|&s| s as f32).collect(),
+        input: x,
+        mean: mean_head,
+        mean_rest,
+        inv_std,
         var_unbiased: squared_deviations.iter().map(|s| (s / (n - 1) as f64) as f32).collect(),
     };
     Ok((y, saved))
@@ -248,7 +280,7 @@ pub struct BatchNormGrads {
 
 /// Training-mode backward from `grad_y = ∂L/∂y`. Panics when shapes disagree (a caller bug).
 pub fn batch_norm_backward(grad_y: &Tensor, saved: &BatchNormSaved, gamma: &[f32]) -> BatchNormGrads {
-    assert_eq!(grad_y.shape, saved.x_hat.shape, "BatchNorm gradient must have the input's shape");
+    assert_eq!(grad_y.shape, saved.input.shape, "BatchNorm gradient must have the input's shape");
     backward_with(saved, gamma, &grad_y.data, None)
 }
 
@@ -260,69 +292,47 @@ pub fn batch_norm_relu_backward(
     saved: &BatchNormSaved,
     gamma: &[f32],
 ) -> BatchNormGrads {
-    assert_eq!(grad_output.shape, saved.x_hat.shape, "BatchNorm gradient must have the input's shape");
-    assert_eq!(output.shape, saved.x_hat.shape, "BatchNorm output must have the input's shape");
+    assert_eq!(grad_output.shape, saved.input.shape, "BatchNorm gradient must have the input's shape");
+    assert_eq!(output.shape, saved.input.shape, "BatchNorm output must have the input's shape");
     backward_with(saved, gamma, &grad_output.data, Some(&output.data))
 }
 
 /// The backward with `∂L/∂y` given by `grad`, masked by `relu_output > 0` when present.
 fn backward_with(saved: &BatchNormSaved, gamma: &[f32], grad: &[f32], relu_output: Option<&[f32]>) -> BatchNormGrads {
-    let x_hat = &saved.x_hat;
-    let (n, c) = rows_and_channels(x_hat);
+    let x = &saved.input;
+    let (n, c) = rows_and_channels(x);
     assert_eq!(gamma.len(), c, "BatchNorm weight must have one value per channel");
-    assert_eq!(saved.inv_std.len(), c, "saved statistics must have one value per channel");
-    assert_eq!(grad.len(), x_hat.len());
+    for stat in [&saved.mean, &saved.mean_rest, &saved.inv_std] {
+        assert_eq!(stat.len(), c, "saved statistics must have one value per channel");
+    }
+    assert_eq!(grad.len(), x.len());
     let wide = wide_row_len(c);
+    let standardisation = [tiled(&saved.mean, wide), tiled(&saved.mean_rest, wide), tiled(&saved.inv_std, wide)];
     // ∂L/∂y where the ReLU's output is positive (everywhere without a ReLU), read in place
     // by both passes below: no masked copy of the gradient is made.
-    let masked = |g: f32, y: f32| if y > 0.0 { g } else { 0.0 };
     // One pass for both sums: Σg and Σg·x̂ for each channel.
-    let sums = channel_sums(grad, &x_hat.data, c, 2, |at, g, x_hat_w, acc| {
+    let sums = channel_sums(grad, &x.data, c, 2, |at, g, x_rows, acc| {
         let [sum_g, sum_g_x_hat] = acc else { unreachable!("two sums") };
-        let add = |g: f32, xh: f32, sg: &mut f64, sgx: &mut f64| {
-            *sg += g as f64;
-            *sgx += g as f64 * xh as f64;
-        };
-        let sums = sum_g.iter_mut().zip(sum_g_x_hat.iter_mut());
-        match relu_output {
-            None => sums.zip(g).zip(x_hat_w).for_each(|(((sg, sgx), &g), &xh)| add(g, xh, sg, sgx)),
-            Some(out) => sums
-                .zip(g)
-                .zip(x_hat_w)
-                .zip(&out[at..at + g.len()])
-                .for_each(|((((sg, sgx), &g), &xh), &y)| add(masked(g, y), xh, sg, sgx)),
-        }
+        let relu_rows = relu_output.map(|out| &out[at..at + g.len()]);
+        add_gradient_sums(g, x_rows, &standardisation, relu_rows, sum_g, sum_g_x_hat);
     });
     let (grad_beta, grad_gamma) = (&sums[0], &sums[1]);
 
     let scale: Vec<f32> = (0..c).map(|ch| gamma[ch] * saved.inv_std[ch]).collect();
     let mean_grad: Vec<f32> = grad_beta.iter().map(|s| (s / n as f64) as f32).collect();
     let mean_grad_x_hat: Vec<f32> = grad_gamma.iter().map(|s| (s / n as f64) as f32).collect();
-    let (scale_wide, mean_grad_wide, mean_grad_x_hat_wide) =
-        (tiled(&scale, wide), tiled(&mean_grad, wide), tiled(&mean_grad_x_hat, wide));
+    let wide_params = [tiled(&scale, wide), tiled(&mean_grad, wide), tiled(&mean_grad_x_hat, wide)];
     // Written in full below (every row, every channel).
     let mut grad_input =
-        Tensor::from_vec(&x_hat.shape, take_buffer(x_hat.data.len())).unwrap_or_else(|| Tensor::zeros(&x_hat.shape));
+        Tensor::from_vec(&x.shape, take_buffer(x.data.len())).unwrap_or_else(|| Tensor::zeros(&x.shape));
     if c > 0 {
         let block = ROWS_PER_BLOCK * c;
-        grad_input.data.par_chunks_mut(block).zip(x_hat.data.par_chunks(block)).enumerate().for_each(
-            |(b, (dst_rows, x_hat_rows))| {
-                let first = b * block;
-                for (i, (dst, x_hat_w)) in dst_rows.chunks_mut(wide).zip(x_hat_rows.chunks(wide)).enumerate() {
-                    let (at, len) = (first + i * wide, dst.len());
-                    let g = &grad[at..at + len];
-                    let params = scale_wide.iter().zip(&mean_grad_wide).zip(&mean_grad_x_hat_wide);
-                    let terms = dst.iter_mut().zip(x_hat_w).zip(params);
-                    let input_gradient =
-                        |g: f32, xh: f32, ((&s, &mg), &mgx): ((&f32, &f32), &f32)| s * (g - mg - xh * mgx);
-                    match relu_output {
-                        None => terms.zip(g).for_each(|(((d, &xh), p), &g)| *d = input_gradient(g, xh, p)),
-                        Some(out) => terms
-                            .zip(g)
-                            .zip(&out[at..at + len])
-                            .for_each(|((((d, &xh), p), &g), &y)| *d = input_gradient(masked(g, y), xh, p)),
-                    }
-                }
+        grad_input.data.par_chunks_mut(block).zip(x.data.par_chunks(block)).enumerate().for_each(
+            |(b, (dst_rows, x_rows))| {
+                let rows = b * block..b * block + dst_rows.len();
+                let relu_rows = relu_output.map(|out| &out[rows.clone()]);
+                let g = &grad[rows];
+                input_gradient_rows(dst_rows, x_rows, g, &standardisation, relu_rows, &wide_params);
             },
         );
     }
@@ -330,6 +340,78 @@ fn backward_with(saved: &BatchNormSaved, gamma: &[f32], grad: &[f32], relu_outpu
         grad_input,
         grad_gamma: grad_gamma.iter().map(|&v| v as f32).collect(),
         grad_beta: grad_beta.iter().map(|&v| v as f32).collect(),
+    }
+}
+
+/// `g` where the ReLU's output is positive (all of `g` without a ReLU).
+#[inline(always)]
+fn masked(g: f32, relu_output: f32) -> f32 {
+    if relu_output > 0.0 {
+        g
+    } else {
+        0.0
+    }
+}
+
+vectorised_fn! {
+    /// Adds `g` and `g·x̂` (`g` masked by `relu_output > 0` when present, x̂ standardised
+    /// from `x`) into the lanes of `sum_g` and `sum_g_x_hat`, wide row by wide row.
+    fn add_gradient_sums(
+        g: &[f32],
+        x: &[f32],
+        standardisation: &Standardisation,
+        relu_output: Option<&[f32]>,
+        sum_g: &mut [f64],
+        sum_g_x_hat: &mut [f64],
+    ) {
+        let [mean, mean_rest, inv_std] = standardisation;
+        let wide = sum_g.len().max(1);
+        let add = |g: f32, xh: f32, sg: &mut f64, sgx: &mut f64| {
+            *sg += g as f64;
+            *sgx += g as f64 * xh as f64;
+        };
+        for (i, (g_w, x_w)) in g.chunks(wide).zip(x.chunks(wide)).enumerate() {
+            let x_hat_w = x_w.iter().zip(mean.iter().zip(mean_rest).zip(inv_std)).map(|(&v, ((&m, &r), &s))| standardised(v, m, r, s));
+            let sums = sum_g.iter_mut().zip(sum_g_x_hat.iter_mut());
+            match relu_output {
+                None => sums.zip(g_w).zip(x_hat_w).for_each(|(((sg, sgx), &g), xh)| add(g, xh, sg, sgx)),
+                Some(out) => sums
+                    .zip(g_w)
+                    .zip(x_hat_w)
+                    .zip(&out[i * wide..])
+                    .for_each(|((((sg, sgx), &g), xh), &y)| add(masked(g, y), xh, sg, sgx)),
+            }
+        }
+    }
+}
+
+vectorised_fn! {
+    /// `dst = scale·(g − mean_grad − x̂·mean_grad_x_hat)` over whole wide rows, `g` masked by
+    /// `relu_output > 0` when present, x̂ standardised from `x`; `params` are one wide row
+    /// each of `scale`, `mean_grad` and `mean_grad_x_hat`.
+    fn input_gradient_rows(
+        dst: &mut [f32],
+        x: &[f32],
+        g: &[f32],
+        standardisation: &Standardisation,
+        relu_output: Option<&[f32]>,
+        params: &[Vec<f32>; 3],
+    ) {
+        let [mean, mean_rest, inv_std] = standardisation;
+        let [scale, mean_grad, mean_grad_x_hat] = params;
+        let wide = scale.len().max(1);
+        let input_gradient = |g: f32, xh: f32, ((&s, &mg), &mgx): ((&f32, &f32), &f32)| s * (g - mg - xh * mgx);
+        for (i, ((dst_w, x_w), g_w)) in dst.chunks_mut(wide).zip(x.chunks(wide)).zip(g.chunks(wide)).enumerate() {
+            let x_hat_w = x_w.iter().zip(mean.iter().zip(mean_rest).zip(inv_std)).map(|(&v, ((&m, &r), &s))| standardised(v, m, r, s));
+            let terms = dst_w.iter_mut().zip(x_hat_w).zip(scale.iter().zip(mean_grad).zip(mean_grad_x_hat));
+            match relu_output {
+                None => terms.zip(g_w).for_each(|(((d, xh), p), &g)| *d = input_gradient(g, xh, p)),
+                Some(out) => terms
+                    .zip(g_w)
+                    .zip(&out[i * wide..])
+                    .for_each(|((((d, xh), p), &g), &y)| *d = input_gradient(masked(g, y), xh, p)),
+            }
+        }
     }
 }
 

@@ -57,8 +57,7 @@ impl ConvBn {
         let z = conv2d_nhwc(x, &self.conv.weight.data, &self.conv.geometry, &Epilogue::default());
         let (gamma, beta) = (&self.bn.weight.data, &self.bn.bias.data);
         let residual = residual.map(|r| r.data.as_slice());
-        let (y, saved) = batch_norm_train_forward_fused(&z, gamma, beta, self.bn.eps, residual, relu)?;
-        recycle(z);
+        let (y, saved) = batch_norm_train_forward_fused(z, gamma, beta, self.bn.eps, residual, relu)?;
         update_running_stats(&mut self.bn.running_mean.data, &mut self.bn.running_var.data, &saved, BN_MOMENTUM);
         self.bn.num_batches_tracked.count += 1;
         let y = Arc::new(y);
@@ -126,7 +125,7 @@ impl ConvBn {
         // tensors still to come (and the next step's), instead of fresh zeroed memory.
         recycle(bn.grad_input);
         let ConvBnCache { input, bn: saved, output, .. } = cache;
-        recycle(saved.x_hat);
+        recycle(saved.input);
         for shared in [Some(input), output].into_iter().flatten() {
             if let Ok(t) = Arc::try_unwrap(shared) {
                 recycle(t);
@@ -247,7 +246,8 @@ impl ActivationBytes {
             self.shared(o);
         }
         let bn = &c.bn;
-        self.bytes += 4 * (bn.x_hat.data.len() + bn.mean.len() + bn.inv_std.len() + bn.var_unbiased.len());
+        self.bytes +=
+            4 * (bn.input.data.len() + bn.mean.len() + bn.mean_rest.len() + bn.inv_std.len() + bn.var_unbiased.len());
     }
 }
 
