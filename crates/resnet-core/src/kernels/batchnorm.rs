@@ -281,7 +281,7 @@ pub struct BatchNormGrads {
 /// Training-mode backward from `grad_y = ∂L/∂y`. Panics when shapes disagree (a caller bug).
 pub fn batch_norm_backward(grad_y: &Tensor, saved: &BatchNormSaved, gamma: &[f32]) -> BatchNormGrads {
     assert_eq!(grad_y.shape, saved.input.shape, "BatchNorm gradient must have the input's shape");
-    backward_with(saved, gamma, &grad_y.data, None)
+    backward_with(saved, gamma, &grad_y.data, ReluMask::All)
 }
 
 /// Backward of `relu(batch_norm(x))` in one pass: `output` is the forward's result after the
@@ -294,11 +294,51 @@ pub fn batch_norm_relu_backward(
 ) -> BatchNormGrads {
     assert_eq!(grad_output.shape, saved.input.shape, "BatchNorm gradient must have the input's shape");
     assert_eq!(output.shape, saved.input.shape, "BatchNorm output must have the input's shape");
-    backward_with(saved, gamma, &grad_output.data, Some(&output.data))
+    backward_with(saved, gamma, &grad_output.data, ReluMask::Output(&output.data))
 }
 
-/// The backward with `∂L/∂y` given by `grad`, masked by `relu_output > 0` when present.
-fn backward_with(saved: &BatchNormSaved, gamma: &[f32], grad: &[f32], relu_output: Option<&[f32]>) -> BatchNormGrads {
+/// [`batch_norm_relu_backward`] for `relu(batch_norm(x))` with no residual added, reading the
+/// ReLU's mask from the saved input instead of the output: `γ·x̂ + β > 0`, computed as the
+/// forward computed it, so the gradients are bit for bit the same, and both passes read one
+/// activation less (the output). Panics when shapes disagree (a caller bug).
+pub fn batch_norm_relu_backward_from_input(
+    grad_output: &Tensor,
+    saved: &BatchNormSaved,
+    gamma: &[f32],
+    beta: &[f32],
+) -> BatchNormGrads {
+    assert_eq!(grad_output.shape, saved.input.shape, "BatchNorm gradient must have the input's shape");
+    let (_, c) = rows_and_channels(&saved.input);
+    assert_eq!(beta.len(), c, "BatchNorm bias must have one value per channel");
+    let wide = wide_row_len(c);
+    let affine = [tiled(gamma, wide), tiled(beta, wide)];
+    backward_with(saved, gamma, &grad_output.data, ReluMask::Affine(&affine))
+}
+
+/// Where the gradient of `y` reaches the BatchNorm.
+#[derive(Clone, Copy)]
+enum ReluMask<'a> {
+    /// Everywhere (no ReLU).
+    All,
+    /// Where the ReLU's output (these values) is positive.
+    Output(&'a [f32]),
+    /// Where `γ·x̂ + β` (one wide row each of γ and β) is positive: the ReLU's input when no
+    /// residual was added.
+    Affine(&'a [Vec<f32>; 2]),
+}
+
+impl<'a> ReluMask<'a> {
+    /// The mask of the values from `at` on.
+    fn from(self, at: usize) -> ReluMask<'a> {
+        match self {
+            ReluMask::Output(out) => ReluMask::Output(&out[at..]),
+            other => other,
+        }
+    }
+}
+
+/// The backward with `∂L/∂y` given by `grad`, masked by `mask`.
+fn backward_with(saved: &BatchNormSaved, gamma: &[f32], grad: &[f32], mask: ReluMask<'_>) -> BatchNormGrads {
     let x = &saved.input;
     let (n, c) = rows_and_channels(x);
     assert_eq!(gamma.len(), c, "BatchNorm weight must have one value per channel");
@@ -313,8 +353,7 @@ fn backward_with(saved: &BatchNormSaved, gamma: &[f32], grad: &[f32], relu_outpu
     // One pass for both sums: Σg and Σg·x̂ for each channel.
     let sums = channel_sums(grad, &x.data, c, 2, |at, g, x_rows, acc| {
         let [sum_g, sum_g_x_hat] = acc else { unreachable!("two sums") };
-        let relu_rows = relu_output.map(|out| &out[at..at + g.len()]);
-        add_gradient_sums(g, x_rows, &standardisation, relu_rows, sum_g, sum_g_x_hat);
+        add_gradient_sums(g, x_rows, &standardisation, mask.from(at), sum_g, sum_g_x_hat);
     });
     let (grad_beta, grad_gamma) = (&sums[0], &sums[1]);
 
@@ -330,9 +369,8 @@ fn backward_with(saved: &BatchNormSaved, gamma: &[f32], grad: &[f32], relu_outpu
         grad_input.data.par_chunks_mut(block).zip(x.data.par_chunks(block)).enumerate().for_each(
             |(b, (dst_rows, x_rows))| {
                 let rows = b * block..b * block + dst_rows.len();
-                let relu_rows = relu_output.map(|out| &out[rows.clone()]);
-                let g = &grad[rows];
-                input_gradient_rows(dst_rows, x_rows, g, &standardisation, relu_rows, &wide_params);
+                let mask = mask.from(rows.start);
+                input_gradient_rows(dst_rows, x_rows, &grad[rows], &standardisation, mask, &wide_params);
             },
         );
     }
@@ -354,32 +392,34 @@ fn masked(g: f32, relu_output: f32) -> f32 {
 }
 
 vectorised_fn! {
-    /// Adds `g` and `g·x̂` (`g` masked by `relu_output > 0` when present, x̂ standardised
-    /// from `x`) into the lanes of `sum_g` and `sum_g_x_hat`, wide row by wide row.
+    /// Adds `g` and `g·x̂` (`g` masked by `mask`, x̂ standardised from `x`) into the lanes of
+    /// `sum_g` and `sum_g_x_hat`, wide row by wide row.
     fn add_gradient_sums(
         g: &[f32],
         x: &[f32],
         standardisation: &Standardisation,
-        relu_output: Option<&[f32]>,
+        mask: ReluMask<'_>,
         sum_g: &mut [f64],
         sum_g_x_hat: &mut [f64],
     ) {
         let [mean, mean_rest, inv_std] = standardisation;
         let wide = sum_g.len().max(1);
-        let add = |g: f32, xh: f32, sg: &mut f64, sgx: &mut f64| {
-            *sg += g as f64;
-            *sgx += g as f64 * xh as f64;
-        };
         for (i, (g_w, x_w)) in g.chunks(wide).zip(x.chunks(wide)).enumerate() {
             let x_hat_w = x_w.iter().zip(mean.iter().zip(mean_rest).zip(inv_std)).map(|(&v, ((&m, &r), &s))| standardised(v, m, r, s));
             let sums = sum_g.iter_mut().zip(sum_g_x_hat.iter_mut());
-            match relu_output {
-                None => sums.zip(g_w).zip(x_hat_w).for_each(|(((sg, sgx), &g), xh)| add(g, xh, sg, sgx)),
-                Some(out) => sums
-                    .zip(g_w)
-                    .zip(x_hat_w)
+            let add = |((sg, sgx), g, xh): ((&mut f64, &mut f64), f32, f32)| {
+                *sg += g as f64;
+                *sgx += g as f64 * xh as f64;
+            };
+            let terms = sums.zip(g_w).zip(x_hat_w);
+            match mask {
+                ReluMask::All => terms.for_each(|((s, &g), xh)| add((s, g, xh))),
+                ReluMask::Output(out) => terms
                     .zip(&out[i * wide..])
-                    .for_each(|((((sg, sgx), &g), xh), &y)| add(masked(g, y), xh, sg, sgx)),
+                    .for_each(|(((s, &g), xh), &y)| add((s, masked(g, y), xh))),
+                ReluMask::Affine([gamma, beta]) => terms
+                    .zip(gamma.iter().zip(beta))
+                    .for_each(|(((s, &g), xh), (&ga, &be))| add((s, masked(g, ga * xh + be), xh))),
             }
         }
     }
@@ -387,14 +427,14 @@ vectorised_fn! {
 
 vectorised_fn! {
     /// `dst = scale·(g − mean_grad − x̂·mean_grad_x_hat)` over whole wide rows, `g` masked by
-    /// `relu_output > 0` when present, x̂ standardised from `x`; `params` are one wide row
-    /// each of `scale`, `mean_grad` and `mean_grad_x_hat`.
+    /// `mask`, x̂ standardised from `x`; `params` are one wide row each of `scale`,
+    /// `mean_grad` and `mean_grad_x_hat`.
     fn input_gradient_rows(
         dst: &mut [f32],
         x: &[f32],
         g: &[f32],
         standardisation: &Standardisation,
-        relu_output: Option<&[f32]>,
+        mask: ReluMask<'_>,
         params: &[Vec<f32>; 3],
     ) {
         let [mean, mean_rest, inv_std] = standardisation;
@@ -403,13 +443,15 @@ vectorised_fn! {
         let input_gradient = |g: f32, xh: f32, ((&s, &mg), &mgx): ((&f32, &f32), &f32)| s * (g - mg - xh * mgx);
         for (i, ((dst_w, x_w), g_w)) in dst.chunks_mut(wide).zip(x.chunks(wide)).zip(g.chunks(wide)).enumerate() {
             let x_hat_w = x_w.iter().zip(mean.iter().zip(mean_rest).zip(inv_std)).map(|(&v, ((&m, &r), &s))| standardised(v, m, r, s));
-            let terms = dst_w.iter_mut().zip(x_hat_w).zip(scale.iter().zip(mean_grad).zip(mean_grad_x_hat));
-            match relu_output {
-                None => terms.zip(g_w).for_each(|(((d, xh), p), &g)| *d = input_gradient(g, xh, p)),
-                Some(out) => terms
-                    .zip(g_w)
+            let terms = dst_w.iter_mut().zip(x_hat_w).zip(scale.iter().zip(mean_grad).zip(mean_grad_x_hat)).zip(g_w);
+            match mask {
+                ReluMask::All => terms.for_each(|(((d, xh), p), &g)| *d = input_gradient(g, xh, p)),
+                ReluMask::Output(out) => terms
                     .zip(&out[i * wide..])
                     .for_each(|((((d, xh), p), &g), &y)| *d = input_gradient(masked(g, y), xh, p)),
+                ReluMask::Affine([gamma, beta]) => terms
+                    .zip(gamma.iter().zip(beta))
+                    .for_each(|((((d, xh), p), &g), (&ga, &be))| *d = input_gradient(masked(g, ga * xh + be), xh, p)),
             }
         }
     }
@@ -455,6 +497,28 @@ mod tests {
         let mut data = random_values(rng, shape.iter().product(), -1.0, 1.0);
         data.iter_mut().enumerate().for_each(|(i, v)| *v = *v * (1.0 + (i % c) as f32) + (i % c) as f32 - 1.0);
         Tensor::from_vec(shape, data).unwrap()
+    }
+
+    /// The ReLU mask recomputed from the saved input is the output's mask, bit for bit, for
+    /// few channels (wide rows of several pixels) and many, with negative γ and ties at zero.
+    #[test]
+    fn relu_mask_from_the_input_equals_the_outputs() {
+        let mut rng = SplitMix64::new(11);
+        for shape in [[3, 5, 7, 4], [2, 3, 3, 96], [5, 2, 2, 6]] {
+            let c = shape[3];
+            let x = random_input(&mut rng, &shape);
+            let grad = random_input(&mut rng, &shape);
+            let gamma: Vec<f32> = (0..c).map(|i| if i % 3 == 0 { -0.7 } else { 1.3 }).collect();
+            let beta: Vec<f32> = (0..c).map(|i| [0.0, 0.4, -0.4][i % 3]).collect();
+            let (y, saved) = batch_norm_train_forward_fused(x, &gamma, &beta, 1e-5, None, true).unwrap();
+            assert!(y.data.iter().any(|&v| v == 0.0) && y.data.iter().any(|&v| v > 0.0));
+            let from_output = batch_norm_relu_backward(&grad, &y, &saved, &gamma);
+            let from_input = batch_norm_relu_backward_from_input(&grad, &saved, &gamma, &beta);
+            let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(&from_input.grad_input.data), bits(&from_output.grad_input.data), "{shape:?}");
+            assert_eq!(bits(&from_input.grad_gamma), bits(&from_output.grad_gamma), "{shape:?}");
+            assert_eq!(bits(&from_input.grad_beta), bits(&from_output.grad_beta), "{shape:?}");
+        }
     }
 
     #[test]

@@ -17,7 +17,7 @@ use super::resnet::{Block, ShortcutPath};
 use super::ResNet;
 use crate::kernels::activation::relu_backward;
 use crate::kernels::batchnorm::{
-    batch_norm_backward, batch_norm_relu_backward, batch_norm_train_forward_fused, update_running_stats,
+    batch_norm_backward, batch_norm_relu_backward_from_input, batch_norm_train_forward_fused, update_running_stats,
     BatchNormError, BatchNormSaved,
 };
 use crate::kernels::buffers::{keep_buffers_for_training, recycle};
@@ -93,8 +93,10 @@ impl ConvBn {
         let gamma = &self.bn.weight.data;
         let (bn, grad_residual) = match (&cache.output, cache.had_residual) {
             // No residual: ReLU and BN backward in one pass, no masked copy.
-            (Some(out), false) => {
-                let bn = batch_norm_relu_backward(&grad_out, out, &cache.bn, gamma);
+            // The ReLU's mask is recomputed from BN's saved input (no residual was added), so
+            // the output is not read again.
+            (Some(_), false) => {
+                let bn = batch_norm_relu_backward_from_input(&grad_out, &cache.bn, gamma, &self.bn.bias.data);
                 recycle(grad_out);
                 (bn, None)
             }
