@@ -23,7 +23,7 @@ use rayon::prelude::*;
 use super::buffers::{recycle, take_buffer};
 use super::conv::Conv2dGeometry;
 use super::packed_gemm::{
-    avx512_available, best_path, for_each_row_tile, GemmPath, PackedEpilogue, PackedMatrix, KC, MR,
+    avx512_available, best_path, for_each_row_tile, k_block_len, GemmPath, PackedEpilogue, PackedMatrix, KC, MR,
 };
 use crate::tensor::Tensor;
 
@@ -166,7 +166,7 @@ pub(crate) fn weight_gradient_implicit(
 /// Output pixels `first..first + len` as segments `(offset of the pixel's window in the
 /// padded input, pixels)` that stop at output-row ends, in blocks of at most `KC` pixels.
 fn pixel_blocks(g: &RunGeometry, first: usize, len: usize) -> Vec<KBlock> {
-    let mut blocks = KBlocks::default();
+    let mut blocks = KBlocks::of_at_most(KC);
     let mut pixel = first;
     while pixel < first + len {
         let (ox, offset) = g.place(pixel);
@@ -197,34 +197,38 @@ fn pad(x: &Tensor, p: usize) -> Vec<f32> {
     padded
 }
 
-/// `K` in blocks of at most `KC` values, in OHWI order: whole taps where they fit, a tap of
-/// more than `KC` channels split. `taps` are the taps' offsets in the padded input.
+/// `K` in blocks of [`k_block_len`] values, in OHWI order: a tap's channels split where a
+/// block ends. `taps` are the taps' offsets in the padded input.
 fn k_blocks(taps: &[usize], c: usize) -> Vec<KBlock> {
-    let mut blocks = KBlocks::default();
+    let mut blocks = KBlocks::of_at_most(k_block_len(taps.len() * c));
     for &tap in taps {
         blocks.push(tap, c, 1);
     }
     blocks.finish()
 }
 
-/// Collects segments, in `K` order, into blocks of at most `KC` values, splitting a segment
-/// that crosses a block's end (shared by the taps of the forward and the pixels of the
-/// weight gradient).
-#[derive(Default)]
+/// Collects segments, in `K` order, into blocks of at most `limit` values, splitting a
+/// segment that crosses a block's end (shared by the taps of the forward and the pixels of
+/// the weight gradient).
 struct KBlocks {
     blocks: Vec<KBlock>,
     current: KBlock,
     len: usize,
+    limit: usize,
 }
 
 impl KBlocks {
+    fn of_at_most(limit: usize) -> KBlocks {
+        KBlocks { blocks: Vec::new(), current: Vec::new(), len: 0, limit: limit.max(1) }
+    }
+
     /// Adds `len` values starting at `offset`, consecutive values `step` apart.
     fn push(&mut self, mut offset: usize, mut len: usize, step: usize) {
         while len > 0 {
-            let take = len.min(KC - self.len);
+            let take = len.min(self.limit - self.len);
             self.current.push((offset, take));
             (offset, len, self.len) = (offset + take * step, len - take, self.len + take);
-            if self.len == KC {
+            if self.len == self.limit {
                 self.blocks.push(std::mem::take(&mut self.current));
                 self.len = 0;
             }

@@ -23,8 +23,21 @@ pub const NR: usize = 32;
 /// Rows per micro-tile: 12 rows × 2 registers = 24 accumulators, leaving registers for the
 /// two `B` vectors and the broadcast.
 pub const MR: usize = 12;
-/// Depth of one block of `K` (a `KC × NR` block of `B` is 32 KiB, an L1's worth).
+/// Depth of one block of `K` (a `KC × NR` block of `B` is 32 KiB, an L1's worth), where
+/// the depth is not known (the weight gradient's blocks of pixels).
 pub(crate) const KC: usize = 256;
+
+/// Deepest block of a `K` of known depth ([`k_block_len`]).
+const MAX_KC: usize = 320;
+
+/// The depth of each block for a product of depth `k`: `k` cut into the fewest blocks of at
+/// most [`MAX_KC`], of equal length. Each block reloads and stores the micro-tile's sums, so
+/// a short last block costs a whole pass over the output for little work: a 3x3 layer of
+/// 32 channels (`K` = 288) went in blocks of 256 + 32, of 64 channels (576) 256 + 256 + 64;
+/// now 288 and 288 + 288.
+pub(crate) fn k_block_len(k: usize) -> usize {
+    k.div_ceil(k.div_ceil(MAX_KC).max(1)).max(1)
+}
 /// Most rows per parallel task: the task's rows of `a` for one `K` block stay in L2.
 pub(crate) const MAX_TILE_ROWS: usize = 16 * MR;
 
@@ -365,7 +378,7 @@ pub(super) mod avx512 {
     use std::arch::x86_64::*;
 
     use super::lhs_block::{copy_block, worth_copying, CopiedBlock};
-    use super::{Lhs, PackedEpilogue, PackedMatrix, KC, MR, NR};
+    use super::{k_block_len, Lhs, PackedEpilogue, PackedMatrix, MR, NR};
 
     /// One tile of rows on AVX-512: for each block of `K` and each panel, every `MR` rows
     /// run through the micro-kernel (a shorter kernel takes the last rows; a panel of at
@@ -392,7 +405,7 @@ pub(super) mod avx512 {
             unsafe { dispatch(mr, &mut block) };
         };
         if !worth_copying(&a, n) {
-            for_each_micro_tile(k, KC, n, rows, |k0, kc, p, r0, mr| {
+            for_each_micro_tile(k, k_block_len(k), n, rows, |k0, kc, p, r0, mr| {
                 let a_micro_tile = &a.data[r0 * a.row_stride + k0 * a.col_stride..];
                 run(a_micro_tile, a.row_stride, a.col_stride, k0, kc, p, r0, mr, out);
             });
@@ -400,7 +413,7 @@ pub(super) mod avx512 {
         }
         LHS_COPY.with_borrow_mut(|buf| {
             let mut copied: Option<(usize, CopiedBlock)> = None;
-            for_each_micro_tile(k, KC, n, rows, |k0, kc, p, r0, mr| {
+            for_each_micro_tile(k, k_block_len(k), n, rows, |k0, kc, p, r0, mr| {
                 let block = match copied {
                     Some((copied_k0, block)) if copied_k0 == k0 => block,
                     _ => {
