@@ -4,6 +4,8 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+mod common;
+
 use resnet_core::model::seeded::seed_parameters;
 use resnet_core::weights::safetensors_io::save_safetensors;
 use resnet_core::ResNet;
@@ -19,49 +21,9 @@ fn resnet(args: &[&str]) -> Output {
         .expect("the resnet binary runs")
 }
 
-/// A fresh, empty directory for one test, removed with everything in it when dropped (also
-/// when the test fails), so test runs leave nothing behind in the temp directory.
-pub struct Scratch(PathBuf);
-
-impl std::ops::Deref for Scratch {
-    type Target = Path;
-    fn deref(&self) -> &Path {
-        &self.0
-    }
-}
-
-impl AsRef<Path> for Scratch {
-    fn as_ref(&self) -> &Path {
-        &self.0
-    }
-}
-
-impl AsRef<std::ffi::OsStr> for Scratch {
-    fn as_ref(&self) -> &std::ffi::OsStr {
-        self.0.as_os_str()
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-/// `temp/resnet-{label}-{pid}-{n}`, `n` counting calls in this process, so that tests
-/// running in parallel (or one test asking twice) never share a directory.
-fn fresh_scratch(label: &str) -> Scratch {
-    static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let d = std::env::temp_dir().join(format!("resnet-{label}-{}-{n}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).expect("a scratch directory in the temp directory");
-    Scratch(d)
-}
-
 /// A fresh directory per test (tests run in parallel in one process), removed when dropped.
-fn scratch(name: &str) -> Scratch {
-    fresh_scratch(&format!("cli-test-{name}"))
+fn scratch(name: &str) -> common::Scratch {
+    common::scratch("cli-test", name)
 }
 
 fn repo_file(rel: &str) -> PathBuf {

@@ -1,7 +1,7 @@
 //! An interrupted run, resumed, ends with exactly the parameters of an uninterrupted one:
 //! model, BatchNorm statistics and momentum buffers, bit for bit, with worker threads on.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
@@ -58,49 +58,10 @@ fn options(run_dir: &Path, max_steps: Option<u64>) -> TrainOptions {
     }
 }
 
-/// A fresh, empty directory for one test, removed with everything in it when dropped (also
-/// when the test fails), so test runs leave nothing behind in the temp directory.
-pub struct Scratch(PathBuf);
-
-impl std::ops::Deref for Scratch {
-    type Target = Path;
-    fn deref(&self) -> &Path {
-        &self.0
-    }
-}
-
-impl AsRef<Path> for Scratch {
-    fn as_ref(&self) -> &Path {
-        &self.0
-    }
-}
-
-impl AsRef<std::ffi::OsStr> for Scratch {
-    fn as_ref(&self) -> &std::ffi::OsStr {
-        self.0.as_os_str()
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-/// `temp/resnet-{label}-{pid}-{n}`, `n` counting calls in this process, so that tests
-/// running in parallel (or one test asking twice) never share a directory.
-fn fresh_scratch(label: &str) -> Scratch {
-    static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let d = std::env::temp_dir().join(format!("resnet-{label}-{}-{n}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).expect("a scratch directory in the temp directory");
-    Scratch(d)
-}
-
-/// A fresh, empty directory for one test, removed when dropped.
-fn scratch(name: &str) -> Scratch {
-    fresh_scratch(&format!("train-resume-{name}"))
+/// A fresh, empty directory for one test, removed with everything in it when dropped.
+fn scratch(name: &str) -> tempfile::TempDir {
+    let dir = tempfile::Builder::new().prefix(&format!("resnet-train-resume-{name}-")).tempdir();
+    dir.expect("a scratch directory in the temp directory")
 }
 
 fn assert_same(a: &StateDict, b: &StateDict, what: &str) {
@@ -115,28 +76,29 @@ fn interrupted_and_resumed_run_equals_uninterrupted_run() {
     let (train_set, test_set) = (tiny_dataset(20, 1), tiny_dataset(8, 2));
     let never = AtomicBool::new(false);
 
-    let whole = scratch("whole");
+    let whole_dir = scratch("whole");
+    let whole = whole_dir.path();
     let mut m = model();
-    let s = train(&mut m, train_set.clone(), Some(test_set.clone()), &options(&whole, None), false, &never).unwrap();
+    let s = train(&mut m, train_set.clone(), Some(test_set.clone()), &options(whole, None), false, &never).unwrap();
     assert_eq!(s.steps, 15, "3 epochs of 5 batches");
 
     // Stop mid-epoch (step 7 of 15, inside epoch 2) as --max-steps does, then resume.
-    let parts = scratch("parts");
+    let parts_dir = scratch("parts");
+    let parts = parts_dir.path();
     let mut m1 = model();
-    train(&mut m1, train_set.clone(), Some(test_set.clone()), &options(&parts, Some(7)), false, &never).unwrap();
+    train(&mut m1, train_set.clone(), Some(test_set.clone()), &options(parts, Some(7)), false, &never).unwrap();
     // The interrupt path (Ctrl-C): stops after the next step and checkpoints.
     let stop_now = AtomicBool::new(true);
     let mut m2 = model();
-    let s2 =
-        train(&mut m2, train_set.clone(), Some(test_set.clone()), &options(&parts, None), true, &stop_now).unwrap();
+    let s2 = train(&mut m2, train_set.clone(), Some(test_set.clone()), &options(parts, None), true, &stop_now).unwrap();
     assert!(s2.interrupted && s2.steps == 8, "interrupt after one more step: {s2:?}");
     let mut m3 = model();
-    let s3 = train(&mut m3, train_set, Some(test_set), &options(&parts, None), true, &never).unwrap();
+    let s3 = train(&mut m3, train_set, Some(test_set), &options(parts, None), true, &never).unwrap();
     assert_eq!(s3.steps, 15);
 
     let read = |dir: &Path| load_state_dict(&dir.join("last.safetensors")).unwrap();
-    assert_same(&read(&whole), &read(&parts), "last.safetensors");
-    let (cw, cp) = (load_checkpoint(&whole).unwrap(), load_checkpoint(&parts).unwrap());
+    assert_same(&read(whole), &read(parts), "last.safetensors");
+    let (cw, cp) = (load_checkpoint(whole).unwrap(), load_checkpoint(parts).unwrap());
     assert_same(&cw.optimizer.state_dict(), &cp.optimizer.state_dict(), "momentum buffers");
     assert_eq!(cw.train_state, cp.train_state);
 }

@@ -1,53 +1,37 @@
 //! Helpers shared by the end-to-end tests of the `resnet` binary.
 #![allow(dead_code)] // each test file uses its own subset
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output};
 
-/// A fresh, empty directory for one test, removed with everything in it when dropped (also
-/// when the test fails), so test runs leave nothing behind in the temp directory.
-pub struct Scratch(PathBuf);
+/// A fresh, empty directory for one test (a `tempfile::TempDir`, so removed with
+/// everything in it when dropped, also when the test fails), usable as a `Path`.
+pub struct Scratch(tempfile::TempDir);
 
 impl std::ops::Deref for Scratch {
     type Target = Path;
     fn deref(&self) -> &Path {
-        &self.0
+        self.0.path()
     }
 }
 
 impl AsRef<Path> for Scratch {
     fn as_ref(&self) -> &Path {
-        &self.0
+        self.0.path()
     }
 }
 
 impl AsRef<std::ffi::OsStr> for Scratch {
     fn as_ref(&self) -> &std::ffi::OsStr {
-        self.0.as_os_str()
+        self.0.path().as_os_str()
     }
 }
 
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-/// `temp/resnet-{label}-{pid}-{n}`, `n` counting calls in this process, so that tests
-/// running in parallel (or one test asking twice) never share a directory.
-fn fresh_scratch_dir(label: &str) -> Scratch {
-    static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let d = std::env::temp_dir().join(format!("resnet-{label}-{}-{n}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).expect("a scratch directory in the temp directory");
-    Scratch(d)
-}
-
-/// A fresh, empty directory for one test (`prefix` keeps test files apart), removed when
-/// dropped.
+/// A fresh, empty directory for one test, `resnet-{prefix}-{name}-…` in the temp directory,
+/// removed when dropped.
 pub fn scratch(prefix: &str, name: &str) -> Scratch {
-    fresh_scratch_dir(&format!("{prefix}-{name}"))
+    let dir = tempfile::Builder::new().prefix(&format!("resnet-{prefix}-{name}-")).tempdir();
+    Scratch(dir.expect("a scratch directory in the temp directory"))
 }
 
 /// Writes a tiny CIFAR-10 data set in the binary layout (per record one label byte, then
