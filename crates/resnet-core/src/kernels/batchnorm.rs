@@ -329,7 +329,7 @@ enum ReluMask<'a> {
 
 impl<'a> ReluMask<'a> {
     /// The mask of the values from `at` on.
-    fn from(self, at: usize) -> ReluMask<'a> {
+    fn starting_at(self, at: usize) -> ReluMask<'a> {
         match self {
             ReluMask::Output(out) => ReluMask::Output(&out[at..]),
             other => other,
@@ -353,7 +353,7 @@ fn backward_with(saved: &BatchNormSaved, gamma: &[f32], grad: &[f32], mask: Relu
     // One pass for both sums: Σg and Σg·x̂ for each channel.
     let sums = channel_sums(grad, &x.data, c, 2, |at, g, x_rows, acc| {
         let [sum_g, sum_g_x_hat] = acc else { unreachable!("two sums") };
-        add_gradient_sums(g, x_rows, &standardisation, mask.from(at), sum_g, sum_g_x_hat);
+        add_gradient_sums(g, x_rows, &standardisation, mask.starting_at(at), sum_g, sum_g_x_hat);
     });
     let (grad_beta, grad_gamma) = (&sums[0], &sums[1]);
 
@@ -369,7 +369,7 @@ fn backward_with(saved: &BatchNormSaved, gamma: &[f32], grad: &[f32], mask: Relu
         grad_input.data.par_chunks_mut(block).zip(x.data.par_chunks(block)).enumerate().for_each(
             |(b, (dst_rows, x_rows))| {
                 let rows = b * block..b * block + dst_rows.len();
-                let mask = mask.from(rows.start);
+                let mask = mask.starting_at(rows.start);
                 input_gradient_rows(dst_rows, x_rows, &grad[rows], &standardisation, mask, &wide_params);
             },
         );
