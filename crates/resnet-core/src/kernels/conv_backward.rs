@@ -369,54 +369,35 @@ fn weight_gradient_split_over_pixels(
     let per_thread = rows.div_ceil(threads);
     let step = (SPLIT_PIXELS_PATCH_FLOATS / k.max(1)).clamp(16, 1024);
     let pointwise = is_pointwise_stride1(geom);
-    let (h, w) = (input.shape[1], input.shape[2]);
-    // Patches read in place from the padded input where the implicit kernel applies.
+    // Patches read in place from the input's padded rows where the implicit kernel applies.
     let implicit = conv_implicit::suits(geom);
-    let partials: Vec<Vec<f32>> =
-        conv_implicit::with_padded(input, if implicit { geom.padding } else { 0 }, |padded| {
-            (0..threads)
-                .into_par_iter()
-                .map(|t| {
-                    let (first, last) = ((t * per_thread).min(rows), ((t + 1) * per_thread).min(rows));
-                    let mut sum = vec![0.0f32; k * c_out]; // [K, C_out]
-                    let mut patches = Vec::new();
-                    for start in (first..last).step_by(step) {
-                        let len = step.min(last - start);
-                        if implicit {
-                            let grad_rows = &grad_out.data[start * c_out..(start + len) * c_out];
-                            let packed = PackedMatrix::from_kn(grad_rows, len, c_out);
-                            conv_implicit::weight_gradient_implicit(
-                                padded,
-                                geom,
-                                (h, w),
-                                start,
-                                len,
-                                &packed,
-                                start > first,
-                                &mut sum,
-                            );
-                            continue;
-                        }
-                        let lhs = if pointwise {
-                            Lhs {
-                                data: &input.data[start * c_in..(start + len) * c_in],
-                                row_stride: 1,
-                                col_stride: c_in,
-                            }
-                        } else {
-                            patches.resize(len * k, 0.0);
-                            im2col_rows(input, geom, (oh, ow), 0, start, &mut patches[..len * k]);
-                            Lhs { data: &patches[..len * k], row_stride: 1, col_stride: k }
-                        };
-                        let grad_rows = &grad_out.data[start * c_out..(start + len) * c_out];
-                        let packed = PackedMatrix::from_kn(grad_rows, len, c_out);
-                        let e = PackedEpilogue { accumulate: start > first, ..PackedEpilogue::default() };
-                        packed_matmul_serial(lhs, k, &packed, &mut sum, &e);
-                    }
-                    sum
-                })
-                .collect()
-        });
+    let partials: Vec<Vec<f32>> = (0..threads)
+        .into_par_iter()
+        .map(|t| {
+            let (first, last) = ((t * per_thread).min(rows), ((t + 1) * per_thread).min(rows));
+            let mut sum = vec![0.0f32; k * c_out]; // [K, C_out]
+            let mut patches = Vec::new();
+            for start in (first..last).step_by(step) {
+                let len = step.min(last - start);
+                let grad_rows = &grad_out.data[start * c_out..(start + len) * c_out];
+                let packed = PackedMatrix::from_kn(grad_rows, len, c_out);
+                if implicit {
+                    conv_implicit::weight_gradient_implicit(input, geom, start, len, &packed, start > first, &mut sum);
+                    continue;
+                }
+                let lhs = if pointwise {
+                    Lhs { data: &input.data[start * c_in..(start + len) * c_in], row_stride: 1, col_stride: c_in }
+                } else {
+                    patches.resize(len * k, 0.0);
+                    im2col_rows(input, geom, (oh, ow), 0, start, &mut patches[..len * k]);
+                    Lhs { data: &patches[..len * k], row_stride: 1, col_stride: k }
+                };
+                let e = PackedEpilogue { accumulate: start > first, ..PackedEpilogue::default() };
+                packed_matmul_serial(lhs, k, &packed, &mut sum, &e);
+            }
+            sum
+        })
+        .collect();
     // Add the partial sums and transpose [K, C_out] into OHWI [C_out, K].
     let mut grad_weight = vec![0.0f32; k * c_out];
     for (o, dst) in grad_weight.chunks_mut(k.max(1)).enumerate() {

@@ -7,7 +7,8 @@
 //! by tap, a strided view of the padded input: the micro-kernel walks the taps as
 //! *segments* of `C` values, each at its own offset, with the same row stride. What im2col
 //! wrote and read back (9 values per input value for a 3x3 filter, 19% of a CIFAR
-//! ResNet-20 training step) becomes one padded copy of the input.
+//! ResNet-20 training step) becomes a copy of the padded input rows each tile reads,
+//! made in cache just before the tile is computed (`window`).
 //!
 //! The price: a micro-tile may not cross the end of an output row, so each row is cut into
 //! runs of near-equal length of at most [`MR`] pixels (a 32-wide row: 10 + 11 + 11; 14:
@@ -18,14 +19,14 @@
 //! The weight gradient (`weight_gradient_implicit`) runs the same kernel transposed: a
 //! micro-tile row is one channel under one tap, and the product's `K` is the pixels.
 
-use rayon::prelude::*;
-
-use super::buffers::{recycle, take_buffer};
 use super::conv::Conv2dGeometry;
 use super::packed_gemm::{
     avx512_available, best_path, for_each_row_tile, k_block_len, GemmPath, PackedEpilogue, PackedMatrix, KC, MR,
 };
 use crate::tensor::Tensor;
+use window::{with_window, RunGeometry};
+
+mod window;
 
 /// Fewest input channels per tap for the implicit path: shorter segments spend more on
 /// loop overhead than im2col's copies cost (the 3-channel stem).
@@ -84,30 +85,16 @@ pub(crate) fn conv2d_implicit(
     if rows == 0 || g.out_channels == 0 {
         return;
     }
-    let p = g.padding;
-    let (hp, wp) = (h + 2 * p, w + 2 * p);
-    let taps = tap_offsets(g, wp);
+    let taps = tap_offsets(g, w + 2 * g.padding);
     let blocks = k_blocks(&taps, c);
     let row_stride = g.stride * c;
-    let geometry = RunGeometry { oh, ow, hp, wp, c, stride: g.stride };
-    with_padded(x, p, |a| {
-        for_each_row_tile(rows, g.out_channels, out, e, |row0, tile_rows, out_tile, tile_e| {
-            let runs = runs_of(&geometry, row0, tile_rows);
+    for_each_row_tile(rows, g.out_channels, out, e, |row0, tile_rows, out_tile, tile_e| {
+        with_window(x, g, row0, tile_rows, |a, geometry| {
+            let runs = runs_of(geometry, row0, tile_rows);
             #[cfg(target_arch = "x86_64")]
             avx512::tile(a, (row_stride, 1), &blocks, &runs, packed, out_tile, tile_e);
         });
     });
-}
-
-/// Runs `f` on `x`'s values zero-padded by `p` on every side (`x` itself when `p` is 0).
-pub(crate) fn with_padded<R>(x: &Tensor, p: usize, f: impl FnOnce(&[f32]) -> R) -> R {
-    if p == 0 {
-        return f(&x.data);
-    }
-    let padded = pad(x, p);
-    let result = f(&padded);
-    recycle(Tensor { shape: vec![padded.len()], data: padded });
-    result
 }
 
 /// Offsets of the filter taps `(ky, kx)`, in OHWI order, from a window's first value in
@@ -119,18 +106,16 @@ fn tap_offsets(g: &Conv2dGeometry, wp: usize) -> Vec<usize> {
 
 /// The weight gradient's share of output pixels `first..first + len` of a convolution that
 /// [`suits`] this path: `sum[K, C_out] = Σ_pixels patch(pixel)ᵀ · grad(pixel)` (`+=` with
-/// `accumulate`), with the patches read from `padded` (`x` zero-padded by `g.padding`, `x`
-/// of `h × w`) and `grad` the pixels' output gradients packed as `[len, C_out]`.
+/// `accumulate`), with the patches read from NHWC `x` (its padded rows copied into a
+/// window first) and `grad` the pixels' output gradients packed as `[len, C_out]`.
 ///
 /// The transpose of the forward's product: a row of a micro-tile is one value of K (a
 /// channel under one tap), so a micro-tile is up to [`MR`] consecutive channels of one tap,
 /// consecutive in memory for each pixel; `K` of the product is the pixels, walked in
 /// segments that stop at output-row ends (`stride · C` apart within one).
-#[allow(clippy::too_many_arguments)]
 pub(crate) fn weight_gradient_implicit(
-    padded: &[f32],
+    x: &Tensor,
     g: &Conv2dGeometry,
-    (h, w): (usize, usize),
     first: usize,
     len: usize,
     grad: &PackedMatrix,
@@ -141,14 +126,15 @@ pub(crate) fn weight_gradient_implicit(
     let c = g.in_channels;
     assert_eq!((grad.k(), grad.n()), (len, g.out_channels));
     assert_eq!(sum.len(), g.filter_len() * g.out_channels);
-    let (oh, ow) = g.output_hw(h, w);
-    let p = g.padding;
-    let (hp, wp) = (h + 2 * p, w + 2 * p);
-    let geometry = RunGeometry { oh, ow, hp, wp, c, stride: g.stride };
-    let blocks = pixel_blocks(&geometry, first, len);
+    if len == 0 {
+        if !accumulate {
+            sum.fill(0.0);
+        }
+        return;
+    }
     // Micro-tiles of rows: each tap's channels cut into near-equal pieces of at most MR.
     let pieces = c.div_ceil(MR);
-    let row_tiles: Vec<Run> = tap_offsets(g, wp)
+    let row_tiles: Vec<Run> = tap_offsets(g, x.shape[2] + 2 * g.padding)
         .iter()
         .enumerate()
         .flat_map(|(t, &offset)| {
@@ -159,8 +145,11 @@ pub(crate) fn weight_gradient_implicit(
         })
         .filter(|run| run.len > 0)
         .collect();
-    #[cfg(target_arch = "x86_64")]
-    avx512::weight_gradient_tile(padded, g.stride * c, &blocks, &row_tiles, grad, accumulate, sum);
+    with_window(x, g, first, len, |window, geometry| {
+        let blocks = pixel_blocks(geometry, first, len);
+        #[cfg(target_arch = "x86_64")]
+        avx512::weight_gradient_tile(window, g.stride * c, &blocks, &row_tiles, grad, accumulate, sum);
+    });
 }
 
 /// Output pixels `first..first + len` as segments `(offset of the pixel's window in the
@@ -175,26 +164,6 @@ fn pixel_blocks(g: &RunGeometry, first: usize, len: usize) -> Vec<KBlock> {
         pixel += run;
     }
     blocks.finish()
-}
-
-/// `x` with `p` zero pixels on every side: `[N, H + 2p, W + 2p, C]`, one padded row per task.
-fn pad(x: &Tensor, p: usize) -> Vec<f32> {
-    let (n, h, w, c) = (x.shape[0], x.shape[1], x.shape[2], x.shape[3]);
-    let (hp, wp) = (h + 2 * p, w + 2 * p);
-    // Every value is written below (zeros or a copy), so a reused buffer needs no clearing.
-    let mut padded = take_buffer(n * hp * wp * c);
-    padded.par_chunks_mut((wp * c).max(1)).with_min_len(8).enumerate().for_each(|(row, dst)| {
-        let (image, y) = (row / hp, row % hp);
-        if y < p || y >= h + p {
-            dst.fill(0.0);
-            return;
-        }
-        dst[..p * c].fill(0.0);
-        dst[(w + p) * c..].fill(0.0);
-        let src = ((image * h + y - p) * w) * c;
-        dst[p * c..(w + p) * c].copy_from_slice(&x.data[src..src + w * c]);
-    });
-    padded
 }
 
 /// `K` in blocks of [`k_block_len`] values, in OHWI order: a tap's channels split where a
@@ -240,25 +209,6 @@ impl KBlocks {
             self.blocks.push(self.current);
         }
         self.blocks
-    }
-}
-
-/// The output and padded-input sizes that place a run.
-struct RunGeometry {
-    oh: usize,
-    ow: usize,
-    hp: usize,
-    wp: usize,
-    c: usize,
-    stride: usize,
-}
-
-impl RunGeometry {
-    /// Output pixel `pixel`'s column, and where its window starts in the padded input.
-    fn place(&self, pixel: usize) -> (usize, usize) {
-        let (image, rem) = (pixel / (self.oh * self.ow), pixel % (self.oh * self.ow));
-        let (oy, ox) = (rem / self.ow, rem % self.ow);
-        (ox, ((image * self.hp + oy * self.stride) * self.wp + ox * self.stride) * self.c)
     }
 }
 
@@ -437,7 +387,7 @@ mod tests {
     #[test]
     fn runs_tile_the_rows() {
         for (oh, ow) in [(3, 32), (2, 14), (4, 7), (1, 1), (2, 25), (3, 13)] {
-            let g = RunGeometry { oh, ow, hp: oh + 2, wp: ow + 2, c: 1, stride: 1 };
+            let g = RunGeometry::whole(32, (oh, ow), (oh + 2, ow + 2), 1);
             for (row0, rows) in [(0, 2 * oh * ow), (5, 17), (ow - 1, 3)] {
                 let runs = runs_of(&g, row0, rows);
                 let mut next = 0;
@@ -490,9 +440,7 @@ mod tests {
                         }
                     }
                     let mut got = initial.clone();
-                    with_padded(&x, g.padding, |a| {
-                        weight_gradient_implicit(a, &g, (h, w), first, len, &packed, accumulate, &mut got)
-                    });
+                    weight_gradient_implicit(&x, &g, first, len, &packed, accumulate, &mut got);
                     for (a, b) in got.iter().zip(&expected) {
                         assert!((a - b).abs() <= 1e-4 * (1.0 + b.abs()), "{g:?} rows {first}+{len}: {a} vs {b}");
                     }
