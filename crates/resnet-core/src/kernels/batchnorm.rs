@@ -538,6 +538,44 @@ mod tests {
         }
     }
 
+    /// The statistics and the parameter gradients against plain f64 sums, over many rows
+    /// (several parallel blocks, added in order), 16 channels (wide rows) and 80, with means
+    /// from 0 to 3000 times the spread: every sum within 1e-5 of its scale.
+    #[test]
+    fn sums_match_f64_over_many_rows() {
+        let mut rng = SplitMix64::new(23);
+        for c in [16usize, 80] {
+            let rows = 3 * ROWS_PER_BLOCK + 17;
+            let offsets = [0.0f32, 5.0, -100.0, 3000.0];
+            let data: Vec<f32> = random_values(&mut rng, rows * c, -1.0, 1.0)
+                .iter()
+                .enumerate()
+                .map(|(i, v)| v + offsets[(i % c) % 4])
+                .collect();
+            let x = Tensor::from_vec(&[rows, 1, 1, c], data).unwrap();
+            let g = random_values(&mut rng, rows * c, -1.0, 1.0);
+            let (_, saved) = batch_norm_train_forward(&x, &vec![1.0; c], &vec![0.0; c], EPS).unwrap();
+            let grads = batch_norm_backward(&Tensor::from_vec(&x.shape, g.clone()).unwrap(), &saved, &vec![1.0; c]);
+            for ch in 0..c {
+                let xs: Vec<f64> = x.data.iter().skip(ch).step_by(c).map(|&v| v as f64).collect();
+                let gs: Vec<f64> = g.iter().skip(ch).step_by(c).map(|&v| v as f64).collect();
+                let mean = xs.iter().sum::<f64>() / rows as f64;
+                let var = xs.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / rows as f64;
+                let got_mean = saved.mean[ch] as f64 + saved.mean_rest[ch] as f64;
+                assert!((got_mean - mean).abs() < 1e-5 * var.sqrt(), "c {c} ch {ch}: mean {got_mean} vs {mean}");
+                let unbiased = var * rows as f64 / (rows - 1) as f64;
+                assert!((saved.var_unbiased[ch] as f64 - unbiased).abs() < 1e-5 * unbiased, "c {c} ch {ch}: variance");
+                let sum_g: f64 = gs.iter().sum();
+                let scale_g: f64 = gs.iter().map(|v| v.abs()).sum();
+                assert!((grads.grad_beta[ch] as f64 - sum_g).abs() < 1e-5 * scale_g, "c {c} ch {ch}: grad β");
+                let x_hat = xs.iter().map(|v| (v - mean) / (var + EPS as f64).sqrt());
+                let (sum_gx, scale_gx) =
+                    gs.iter().zip(x_hat).fold((0.0, 0.0), |(s, a), (g, xh)| (s + g * xh, a + (g * xh).abs()));
+                assert!((grads.grad_gamma[ch] as f64 - sum_gx).abs() < 1e-5 * scale_gx, "c {c} ch {ch}: grad γ");
+            }
+        }
+    }
+
     /// BatchNorm is curved (x̂ divides by the batch's spread), so the step trades the
     /// truncation error (≈ h²) against f32 rounding of the outputs (≈ 1e-7·|L|/h); h = 2⁻⁸
     /// balances them: observed ≤ 2e-5 of the largest gradient, tolerance 2e-4.
