@@ -240,7 +240,7 @@ fn runs_of(g: &RunGeometry, row0: usize, rows: usize) -> Vec<Run> {
 mod avx512 {
     use std::arch::x86_64::*;
 
-    use super::super::packed_gemm::avx512::{initial_sums, store_sums, Destination};
+    use super::super::packed_gemm::avx512::{initial_sums, prefetch_destination_row, store_sums, Destination};
     use super::super::packed_gemm::{micro_kernel_for, PackedEpilogue, PackedMatrix, NR};
     use super::{KBlock, Run};
 
@@ -350,9 +350,14 @@ mod avx512 {
         // require.
         unsafe {
             let mut acc = initial_sums::<ROWS, REGS>(&block.dest);
+            let mut step = 0;
             for &(offset, len) in block.segments {
                 let a_segment = a.add(offset);
                 for c in 0..len {
+                    if step < ROWS {
+                        prefetch_destination_row::<REGS>(&block.dest, step);
+                        step += 1;
+                    }
                     let mut bv = [_mm512_setzero_ps(); REGS];
                     for (j, v) in bv.iter_mut().enumerate() {
                         *v = _mm512_loadu_ps(b.add(16 * j));

@@ -391,7 +391,9 @@ pub(crate) fn take_pairs(len: usize) -> Vec<u32> {
 mod avx512_bf16 {
     use std::arch::x86_64::*;
 
-    use super::super::packed_gemm::avx512::{for_each_micro_tile, initial_sums, store_sums, Destination};
+    use super::super::packed_gemm::avx512::{
+        for_each_micro_tile, initial_sums, prefetch_destination_row, store_sums, Destination,
+    };
     use super::super::packed_gemm::{micro_kernel_for, PackedEpilogue, NR};
 
     /// Pairs of `K` per block: a block of one panel is `KC_PAIRS × NR × 4` bytes = 32 KiB.
@@ -496,6 +498,9 @@ mod avx512_bf16 {
         unsafe {
             let mut acc = initial_sums::<ROWS, REGS>(&block.dest);
             for kp in 0..block.kc {
+                if kp < ROWS {
+                    prefetch_destination_row::<REGS>(&block.dest, kp);
+                }
                 let mut bv = [_mm512_setzero_si512(); REGS];
                 for (j, v) in bv.iter_mut().enumerate() {
                     *v = _mm512_loadu_si512(b.add(kp * NR + 16 * j) as *const __m512i);
