@@ -392,9 +392,9 @@ mod avx512_bf16 {
     use std::arch::x86_64::*;
 
     use super::super::packed_gemm::avx512::{
-        for_each_micro_tile, initial_sums, prefetch_destination_row, store_sums, Destination,
+        for_each_block_and_panel, initial_sums, prefetch_destination_row, store_sums, Destination,
     };
-    use super::super::packed_gemm::{micro_kernel_for, PackedEpilogue, NR};
+    use super::super::packed_gemm::{micro_kernel_for, PackedEpilogue, MR, NR};
 
     /// Pairs of `K` per block: a block of one panel is `KC_PAIRS × NR × 4` bytes = 32 KiB.
     const KC_PAIRS: usize = 256;
@@ -437,19 +437,47 @@ mod avx512_bf16 {
         out: &mut [f32],
         e: &PackedEpilogue<'_>,
     ) {
-        for_each_micro_tile(pairs, KC_PAIRS, n, rows, |kp0, kc, p, r0, mr| {
+        for_each_block_and_panel(pairs, KC_PAIRS, n, |kp0, kc, p| {
             let mut block = Block {
-                a: &a[r0 * row_stride + kp0..],
+                a: &a[kp0..],
                 row_stride,
                 kc,
                 panel: &panels[(p * pairs + kp0) * NR..(p * pairs + kp0 + kc) * NR],
-                dest: Destination::new(out, n, r0, p, kp0 == 0 && !e.accumulate, kp0 + kc == pairs, e),
+                dest: Destination::new(out, n, 0, p, kp0 == 0 && !e.accumulate, kp0 + kc == pairs, e),
             };
-            block.check(mr);
-            // SAFETY: the caller checked AVX-512F and AVX512-BF16 at run time, and `check`
-            // proved every pointer the kernel forms lies inside its slice.
-            unsafe { dispatch(mr, &mut block) };
+            // SAFETY: the caller checked AVX-512F and AVX512-BF16 at run time.
+            unsafe { all_rows(&mut block, rows) };
         });
+    }
+
+    /// Runs `block` (one block of `K` of one panel, from a tile's first row) over `rows`
+    /// rows, micro-tile after micro-tile, inside one function (as the f32 tile's).
+    ///
+    /// # Safety
+    /// The CPU supports AVX-512F and AVX512-BF16.
+    #[target_feature(enable = "avx512f,avx512bf16")]
+    unsafe fn all_rows(block: &mut Block<'_>, rows: usize) {
+        let two_registers = block.dest.cols > 16;
+        let mut r0 = 0;
+        while r0 < rows {
+            let mr = MR.min(rows - r0);
+            block.check(mr);
+            // SAFETY: the CPU features by this function's contract, and `check` proved
+            // every pointer the kernel forms lies inside its slice; `REGS = 1` only when the
+            // panel has at most 16 columns, which is all that kernel reads and writes.
+            unsafe {
+                match (mr, two_registers) {
+                    (MR, true) => kernel::<MR, 2>(block),
+                    (MR, false) => kernel::<MR, 1>(block),
+                    _ => dispatch(mr, block),
+                }
+            }
+            r0 += mr;
+            if r0 < rows {
+                block.a = &block.a[mr * block.row_stride..];
+                block.dest.advance(mr);
+            }
+        }
     }
 
     /// One micro-tile's operands: `mr` rows of bf16 pairs over `kc` pairs and a `kc × NR`
