@@ -373,6 +373,35 @@ macro_rules! micro_kernel_for {
 }
 pub(crate) use micro_kernel_for;
 
+/// Walks `$rows` rows of `$block` (one block of `K` of one panel) micro-tile by micro-tile:
+/// checks each (`$block.check(mr)`), runs `$kernel::<MR, _>` on the full ones and
+/// `$dispatch(mr, ..)` on a shorter last one, and moves `$block` down (`$block.advance(mr)`)
+/// between them. The body of the f32 and bf16 tiles' `all_rows`; to be expanded inside an
+/// `unsafe` block of a function whose CPU features the kernels need.
+macro_rules! walk_micro_tiles {
+    ($block:expr, $rows:expr, $kernel:ident, $dispatch:ident) => {{
+        let two_registers = $block.dest.cols > 16;
+        let mut r0 = 0;
+        while r0 < $rows {
+            let mr = MR.min($rows - r0);
+            $block.check(mr);
+            // (SAFETY) `check` proved every pointer the kernel forms lies inside its slice;
+            // `REGS = 1` only when the panel has at most 16 columns, which is all that
+            // kernel reads and writes.
+            match (mr, two_registers) {
+                (MR, true) => $kernel::<MR, 2>($block),
+                (MR, false) => $kernel::<MR, 1>($block),
+                _ => $dispatch(mr, $block),
+            }
+            r0 += mr;
+            if r0 < $rows {
+                $block.advance(mr);
+            }
+        }
+    }};
+}
+pub(crate) use walk_micro_tiles;
+
 #[cfg(target_arch = "x86_64")]
 pub(super) mod avx512 {
     use std::arch::x86_64::*;
@@ -435,26 +464,8 @@ pub(super) mod avx512 {
     /// The CPU supports AVX-512F.
     #[target_feature(enable = "avx512f")]
     unsafe fn all_rows(block: &mut Block<'_>, rows: usize) {
-        let two_registers = block.dest.cols > 16;
-        let mut r0 = 0;
-        while r0 < rows {
-            let mr = MR.min(rows - r0);
-            block.check(mr);
-            // SAFETY: AVX-512F by this function's contract, and `check` proved every
-            // pointer the kernel forms lies inside its slice; `REGS = 1` only when the panel
-            // has at most 16 columns, which is all that kernel reads and writes.
-            unsafe {
-                match (mr, two_registers) {
-                    (MR, true) => kernel::<MR, 2>(block),
-                    (MR, false) => kernel::<MR, 1>(block),
-                    _ => dispatch(mr, block),
-                }
-            }
-            r0 += mr;
-            if r0 < rows {
-                block.advance(mr);
-            }
-        }
+        // SAFETY: AVX-512F by this function's contract.
+        unsafe { walk_micro_tiles!(block, rows, kernel, dispatch) }
     }
 
     thread_local! {

@@ -394,7 +394,7 @@ mod avx512_bf16 {
     use super::super::packed_gemm::avx512::{
         for_each_block_and_panel, initial_sums, prefetch_destination_row, store_sums, Destination,
     };
-    use super::super::packed_gemm::{micro_kernel_for, PackedEpilogue, MR, NR};
+    use super::super::packed_gemm::{micro_kernel_for, walk_micro_tiles, PackedEpilogue, MR, NR};
 
     /// Pairs of `K` per block: a block of one panel is `KC_PAIRS × NR × 4` bytes = 32 KiB.
     const KC_PAIRS: usize = 256;
@@ -457,27 +457,8 @@ mod avx512_bf16 {
     /// The CPU supports AVX-512F and AVX512-BF16.
     #[target_feature(enable = "avx512f,avx512bf16")]
     unsafe fn all_rows(block: &mut Block<'_>, rows: usize) {
-        let two_registers = block.dest.cols > 16;
-        let mut r0 = 0;
-        while r0 < rows {
-            let mr = MR.min(rows - r0);
-            block.check(mr);
-            // SAFETY: the CPU features by this function's contract, and `check` proved
-            // every pointer the kernel forms lies inside its slice; `REGS = 1` only when the
-            // panel has at most 16 columns, which is all that kernel reads and writes.
-            unsafe {
-                match (mr, two_registers) {
-                    (MR, true) => kernel::<MR, 2>(block),
-                    (MR, false) => kernel::<MR, 1>(block),
-                    _ => dispatch(mr, block),
-                }
-            }
-            r0 += mr;
-            if r0 < rows {
-                block.a = &block.a[mr * block.row_stride..];
-                block.dest.advance(mr);
-            }
-        }
+        // SAFETY: AVX-512F and AVX512-BF16 by this function's contract.
+        unsafe { walk_micro_tiles!(block, rows, kernel, dispatch) }
     }
 
     /// One micro-tile's operands: `mr` rows of bf16 pairs over `kc` pairs and a `kc × NR`
@@ -491,6 +472,12 @@ mod avx512_bf16 {
     }
 
     impl Block<'_> {
+        /// Moves down `rows` rows of `a` and of the destination.
+        fn advance(&mut self, rows: usize) {
+            self.a = &self.a[rows * self.row_stride..];
+            self.dest.advance(rows);
+        }
+
         fn check(&self, mr: usize) {
             self.dest.check(mr);
             if self.kc > 0 {
