@@ -270,32 +270,54 @@ pub(crate) fn packed_matmul_serial(a: Lhs<'_>, m: usize, b: &PackedMatrix, out: 
     }
 }
 
-/// Rows per parallel tile for `m` rows on `threads` threads: whole micro-tiles ([`MR`]), at
-/// most `MAX_TILE_ROWS`. A short `M` (batch-1 layers: 196 rows at 14x14) gets one tile per
-/// thread, rounded down to whole micro-tiles, plus a small tile of what is left (96 + 96 + 4
-/// for 196 rows, where rounding up gave 60 + 60 + 60 + 16: 120 rows on one thread, 76 on
-/// the other); a long one at least two tiles per thread, so work stealing evens out
-/// uneven progress.
-fn tile_rows_for(m: usize, threads: usize) -> usize {
-    let per_thread = m.div_ceil(threads.max(1));
-    if per_thread <= MAX_TILE_ROWS {
-        (per_thread / MR * MR).max(MR)
+/// The parallel tiles of `m` rows on `threads` threads, as `(first row, rows)`: whole
+/// micro-tiles ([`MR`] rows; the last tile ends at `m`), at most `MAX_TILE_ROWS` rows where
+/// `M` allows, and near-equal in size, their number a multiple of the thread count.
+///
+/// Every tile streams all of `b` once, so a small tile of leftover rows costs nearly as much
+/// as a full one. A short `M` gets exactly one tile per thread: the batch-1 layer4 products
+/// (49 rows) used to go as 24 + 24 + 1, and the 1-row tile, run after the others, streamed
+/// its 4 MB of weights again from L3, so the product took as long on two threads as on one.
+/// A long `M` gets at least two tiles per thread, so work stealing evens out uneven
+/// progress, and up to 32 tiles, a multiple of the threads in number, so no thread is left
+/// with one tile more than the other (3136 rows went as 16 tiles of 192 and one of 64).
+fn row_tiles(m: usize, threads: usize) -> Vec<(usize, usize)> {
+    /// Tiles of MAX_TILE_ROWS from which on they are all of that size.
+    const MANY_TILES: usize = 32;
+    let threads = threads.max(1);
+    let micro_tiles = m.div_ceil(MR);
+    let max_micro_tiles = MAX_TILE_ROWS / MR;
+    let tiles = if micro_tiles <= threads * max_micro_tiles {
+        threads.min(micro_tiles)
+    } else if micro_tiles >= MANY_TILES * max_micro_tiles {
+        // So many tiles that the last one's wait is noise: all of MAX_TILE_ROWS, which keeps
+        // the implicit convolution's tiles on whole output rows of 8, 16, 32 or 64 pixels
+        // (near-equal tiles cut CIFAR rows into extra short runs, ResNet-20 ~3% slower).
+        return (0..m.div_ceil(MAX_TILE_ROWS))
+            .map(|t| (t * MAX_TILE_ROWS, MAX_TILE_ROWS.min(m - t * MAX_TILE_ROWS)))
+            .collect();
     } else {
-        m.div_ceil(2 * threads).next_multiple_of(MR).clamp(MR, MAX_TILE_ROWS)
-    }
+        micro_tiles.div_ceil(max_micro_tiles).max(2 * threads).next_multiple_of(threads)
+    };
+    // Tile t holds micro-tiles [t·micro/tiles, (t+1)·micro/tiles): sizes differ by at most one.
+    let row = |t: usize| (t * micro_tiles / tiles.max(1) * MR).min(m);
+    (0..tiles).map(|t| (row(t), row(t + 1) - row(t))).filter(|&(_, rows)| rows > 0).collect()
 }
 
-/// Splits `out[M, N]` into tiles of whole rows (multiples of [`MR`], at least two per thread
-/// when `M` allows, at most `MAX_TILE_ROWS`) and runs `f(first_row, rows, out_tile,
-/// epilogue)` on each in parallel; the epilogue's residual is cut to the tile's rows.
+/// Splits `out[M, N]` into the tiles of [`row_tiles`] and runs `f(first_row, rows,
+/// out_tile, epilogue)` on each in parallel; the epilogue's residual is cut to the tile's rows.
 pub(crate) fn for_each_row_tile<F>(m: usize, n: usize, out: &mut [f32], e: &PackedEpilogue<'_>, f: F)
 where
     F: Fn(usize, usize, &mut [f32], &PackedEpilogue<'_>) + Sync,
 {
-    let tile_rows = tile_rows_for(m, super::current_threads());
-    out.par_chunks_mut(tile_rows * n).enumerate().for_each(|(t, out_tile)| {
-        let row0 = t * tile_rows;
-        let rows = out_tile.len() / n;
+    let mut rest = out;
+    let mut tiles = Vec::new();
+    for (row0, rows) in row_tiles(m, super::current_threads()) {
+        let (tile, after) = std::mem::take(&mut rest).split_at_mut(rows * n);
+        tiles.push((row0, rows, tile));
+        rest = after;
+    }
+    tiles.into_par_iter().for_each(|(row0, rows, out_tile)| {
         let residual = e.residual.map(|r| &r[row0 * n..(row0 + rows) * n]);
         f(row0, rows, out_tile, &PackedEpilogue { residual, ..*e });
     });
@@ -872,13 +894,31 @@ mod tests {
     }
 
     #[test]
-    fn short_row_counts_split_evenly_across_threads() {
-        assert_eq!(tile_rows_for(196, 2), 96, "96 + 96 + 4");
-        assert_eq!(tile_rows_for(49, 2), 24, "24 + 24 + 1");
-        assert_eq!(tile_rows_for(5, 2), 12);
-        assert_eq!(tile_rows_for(3136, 2), MAX_TILE_ROWS);
-        assert_eq!(tile_rows_for(784, 2), 192);
-        assert_eq!(tile_rows_for(0, 2), 12);
+    fn row_tiles_split_evenly_across_threads() {
+        let sizes = |m: usize| row_tiles(m, 2).iter().map(|t| t.1).collect::<Vec<_>>();
+        assert_eq!(sizes(196), [96, 100], "one tile per thread, no leftover tile");
+        assert_eq!(sizes(49), [24, 25]);
+        assert_eq!(sizes(5), [5], "a single micro-tile is one tile");
+        assert_eq!(sizes(0), Vec::<usize>::new());
+        assert_eq!(sizes(784), [132, 132, 132, 132, 132, 124]);
+        assert!(row_tiles(50176, 2).iter().all(|t| t.1 == MAX_TILE_ROWS || t.0 + t.1 == 50176));
+        // Mid-length products: an even number of tiles, none over MAX_TILE_ROWS, sizes within MR.
+        for m in [385, 3136, 5000] {
+            let tiles = row_tiles(m, 2);
+            assert!(tiles.len() >= 4 && tiles.len() % 2 == 0, "{m}: {} tiles", tiles.len());
+            let (small, large) = (tiles.iter().map(|t| t.1).min(), tiles.iter().map(|t| t.1).max());
+            assert!(large <= Some(MAX_TILE_ROWS) && large.zip(small).is_some_and(|(l, s)| l - s <= MR), "{m}");
+        }
+        // The tiles cover 0..m in order, each starting on a micro-tile.
+        for (m, threads) in [(1, 2), (13, 2), (196, 3), (3136, 2), (1000, 1), (50176, 4)] {
+            let mut next = 0;
+            for (row0, rows) in row_tiles(m, threads) {
+                assert_eq!(row0, next);
+                assert!(row0 % MR == 0 && rows > 0);
+                next += rows;
+            }
+            assert_eq!(next, m);
+        }
     }
 
     #[test]
