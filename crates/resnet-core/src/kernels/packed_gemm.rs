@@ -905,7 +905,7 @@ mod tests {
         // Mid-length products: an even number of tiles, none over MAX_TILE_ROWS, sizes within MR.
         for m in [385, 3136, 5000] {
             let tiles = row_tiles(m, 2);
-            assert!(tiles.len() >= 4 && tiles.len() % 2 == 0, "{m}: {} tiles", tiles.len());
+            assert!(tiles.len() >= 4 && tiles.len().is_multiple_of(2), "{m}: {} tiles", tiles.len());
             let (small, large) = (tiles.iter().map(|t| t.1).min(), tiles.iter().map(|t| t.1).max());
             assert!(large <= Some(MAX_TILE_ROWS) && large.zip(small).is_some_and(|(l, s)| l - s <= MR), "{m}");
         }
@@ -914,7 +914,7 @@ mod tests {
             let mut next = 0;
             for (row0, rows) in row_tiles(m, threads) {
                 assert_eq!(row0, next);
-                assert!(row0 % MR == 0 && rows > 0);
+                assert!(row0.is_multiple_of(MR) && rows > 0);
                 next += rows;
             }
             assert_eq!(next, m);
