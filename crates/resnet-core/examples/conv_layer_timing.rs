@@ -40,6 +40,12 @@ fn main() {
         // What training's Winograd pays on every call before any product.
         let transform = median_ms(7, || drop(WinogradConv::from_filters(&weight, c_in, c_out, None, vec![0.0; c_out])));
         rows.push(("filter transform", transform));
+        // The forward by Winograd (filter transform included), whether or not training
+        // would choose it for this shape.
+        let by_winograd = median_ms(7, || {
+            drop(WinogradConv::from_filters(&weight, c_in, c_out, None, vec![0.0; c_out]).forward(&x, None, false))
+        });
+        rows.push(("winograd forward", by_winograd));
     }
     for (name, ms) in rows {
         println!("{name:>16}: {ms:7.2} ms  {:6.1} GFLOP/s", gflop / ms * 1e3);

@@ -98,16 +98,14 @@ fn backward_input_as_convolution(grad_out: &Tensor, weight: &[f32], geom: &Conv2
 /// `∂L/∂weight` (OHWI, `geom.weight_len()` values) from the forward's `input`
 /// (`[N, H, W, C_in]`) and `grad_out` (`[N, OH, OW, C_out]`).
 /// Panics when the shapes disagree with `geom` (a caller bug).
-/// Layers where Winograd pays off ([`winograd::pays_off`]: 3x3 stride 1, at least 128
-/// channels) and with at least [`winograd::WEIGHT_GRADIENT_MIN_TILES`] tiles use
-/// [`winograd::weight_gradient`].
+/// Layers where its Winograd form pays off ([`winograd::weight_gradient_pays_off`]: 3x3
+/// stride 1, at least 128 channels and 128 tiles) use [`winograd::weight_gradient`].
 pub fn conv2d_nhwc_backward_weight(input: &Tensor, grad_out: &Tensor, geom: &Conv2dGeometry) -> Vec<f32> {
     let same_size = input.shape.len() == 4 && grad_out.shape.len() == 4 && input.shape[..3] == grad_out.shape[..3];
     if same_size
         && grad_out.shape[3] == geom.out_channels
         && input.shape[3] == geom.in_channels
-        && winograd::pays_off(geom, input.shape[0], input.shape[1], input.shape[2])
-        && winograd::tiles(input.shape[0], input.shape[1], input.shape[2]) >= winograd::WEIGHT_GRADIENT_MIN_TILES
+        && winograd::weight_gradient_pays_off(geom, input.shape[0], input.shape[1], input.shape[2])
     {
         return winograd::weight_gradient(input, grad_out);
     }

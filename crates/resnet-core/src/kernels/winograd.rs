@@ -8,7 +8,9 @@
 //! independent matrix products `V_ξ[tiles, C_in] · U_ξ[C_in, C_out]`, which run on the
 //! packed micro-kernel ([`super::packed_gemm`]), 36 at a time across threads.
 //!
-//! The three steps, each parallel over independent pieces:
+//! The three steps, each parallel over independent pieces (or, for layers of up to 256 x 256
+//! channels with enough tiles, all three per block of about 48 tiles on one thread, so that
+//! `V` and `M`, 2.25x the input and the output, stay in cache: [`WinogradConv::forward`]):
 //! 1. input transform `V = Bᵀ d B` per tile, 16 channels at a time, into `V[tile][ξ][C_in]`;
 //! 2. the 36 products into `M[ξ][tile][C_out]`;
 //! 3. output transform `Y = Aᵀ M A` per tile, plus bias (BatchNorm's shift), residual and
@@ -70,6 +72,11 @@ pub const MIN_TILES: usize = 16;
 /// 7x7 (64 tiles) 22.1 -> 28.2 ms.
 pub const WEIGHT_GRADIENT_MIN_TILES: usize = 128;
 
+/// Fewest channels on each side for the Winograd weight gradient. Its transforms go through
+/// memory in full (it is not computed in blocks as the forward is); measured against the
+/// implicit kernel at 64 channels and fewer it was no faster.
+pub const WEIGHT_GRADIENT_MIN_CHANNELS: usize = 128;
+
 /// Whether [`pays_off`] may choose Winograd; see [`set_enabled_for_training`].
 static ENABLED_FOR_TRAINING: AtomicBool = AtomicBool::new(true);
 
@@ -81,13 +88,14 @@ pub fn set_enabled_for_training(enabled: bool) {
     ENABLED_FOR_TRAINING.store(enabled, Ordering::Relaxed);
 }
 
-/// Fewest channels on each side for Winograd in training. Measured (2 threads, forward
-/// and input gradient, filter transform included, against direct convolution by implicit
-/// GEMM): 128 and 256 channels 1.7-1.8x faster (ResNet-50 batch 16 at 28x28 and 14x14);
-/// 64 channels anywhere from 15% slower (8x8 at batch 128) to 15% faster (16x16 at batch
-/// 128), within this machine's noise at 56x56 batch 16: not worth the larger rounding.
-/// (Inference, whose filters are transformed once, uses [`WINOGRAD_MIN_CHANNELS`].)
-pub const TRAINING_MIN_CHANNELS: usize = 128;
+/// Fewest channels on each side for Winograd in training's forward and input gradient.
+/// Measured (`examples/conv_layer_timing`, 2 threads, filter transform included, against
+/// direct convolution), since the forward runs in blocks that stay in cache
+/// ([`WinogradConv::forward`]): 64 channels at 56x56 batch 16 18.1 -> 9.9 ms; the CIFAR
+/// nets' layers at batch 128: 64 channels at 8x8 2.90 -> 1.32 ms, 32 at 16x16 3.00 -> 1.77,
+/// 16 at 32x32 3.63 -> 2.99. (Inference, whose filters are transformed once, uses
+/// [`WINOGRAD_MIN_CHANNELS`].)
+pub const TRAINING_MIN_CHANNELS: usize = 32;
 
 /// Whether an uncompiled f32 convolution `g` over `n` images of `h × w` runs faster by
 /// Winograd, filter transform included: it fits, has at least [`TRAINING_MIN_CHANNELS`]
@@ -98,6 +106,16 @@ pub fn pays_off(g: &super::conv::Conv2dGeometry, n: usize, h: usize, w: usize) -
         && fits(g)
         && g.in_channels.min(g.out_channels) >= TRAINING_MIN_CHANNELS
         && tiles(n, h, w) >= MIN_TILES
+}
+
+/// Whether the weight gradient of `g` over `n` images of `h × w` (input and output the same
+/// size) runs faster by [`weight_gradient`]: [`pays_off`], at least
+/// [`WEIGHT_GRADIENT_MIN_CHANNELS`] channels on each side and [`WEIGHT_GRADIENT_MIN_TILES`]
+/// tiles.
+pub fn weight_gradient_pays_off(g: &super::conv::Conv2dGeometry, n: usize, h: usize, w: usize) -> bool {
+    pays_off(g, n, h, w)
+        && g.in_channels.min(g.out_channels) >= WEIGHT_GRADIENT_MIN_CHANNELS
+        && tiles(n, h, w) >= WEIGHT_GRADIENT_MIN_TILES
 }
 
 /// 4x4 output tiles of `n` images of `h × w`.
@@ -187,6 +205,9 @@ impl WinogradConv {
         }
         let grid = TileGrid::new(h, w);
         let tiles = n * grid.rows * grid.cols;
+        if self.in_channels * self.out_channels <= MAX_CHANNELS_PRODUCT_IN_BLOCKS && tiles >= MIN_TILES_IN_BLOCKS {
+            return self.forward_in_blocks(x, residual, relu, &grid);
+        }
 
         // 1. V[tile][ξ][C_in], one task per row of tiles.
         let v = transform_tiles(x, &grid, input_transform_row);
@@ -218,6 +239,85 @@ impl WinogradConv {
         recycle(Tensor { shape: vec![m.len()], data: m });
         Tensor::from_vec(&shape, out).unwrap_or_else(|| Tensor::zeros(&shape))
     }
+}
+
+impl WinogradConv {
+    /// [`Self::forward`] a block of rows of tiles at a time, all three steps per block on
+    /// one thread: the block's `V` and `M` stay in that thread's cache instead of going
+    /// through memory (`V` and `M` are 2.25x the input and the output).
+    fn forward_in_blocks(&self, x: &Tensor, residual: Option<&[f32]>, relu: bool, grid: &TileGrid) -> Tensor {
+        let (n, h, w, cin) = (x.shape[0], x.shape[1], x.shape[2], x.shape[3]);
+        let cout = self.out_channels;
+        let mut out = take_buffer(n * h * w * cout);
+        let image_len = h * w * cout;
+        let mut rows: Vec<(usize, usize, &mut [f32])> = Vec::with_capacity(n * grid.rows);
+        for (image, out_image) in out.chunks_mut(image_len).enumerate() {
+            for (ty, out_rows) in out_image.chunks_mut(TILE * w * cout).enumerate() {
+                rows.push((image, ty, out_rows));
+            }
+        }
+        let rows_per_block = rows_per_block(rows.len(), grid.cols, super::current_threads());
+        rows.par_chunks_mut(rows_per_block).for_each(|block| {
+            let block_tiles = block.len() * grid.cols;
+            BLOCK_SCRATCH.with_borrow_mut(|(v, m)| {
+                // Every value read below is written first (V's 16 values of padding per tile
+                // are never read), so reused scratch needs no clearing.
+                let row_len = grid.cols * tile_stride(cin);
+                if v.len() < block.len() * row_len {
+                    v.resize(block.len() * row_len, 0.0);
+                }
+                if m.len() < POINTS * block_tiles * cout {
+                    m.resize(POINTS * block_tiles * cout, 0.0);
+                }
+                for ((image, ty, _), v_row) in block.iter().zip(v.chunks_mut(row_len)) {
+                    input_transform_row(&x.data[image * h * w * cin..(image + 1) * h * w * cin], cin, grid, *ty, v_row);
+                }
+                let m = &mut m[..POINTS * block_tiles * cout];
+                for (xi, m_xi) in m.chunks_mut(block_tiles * cout).enumerate() {
+                    let a = Lhs { data: &v[xi * cin..], row_stride: tile_stride(cin), col_stride: 1 };
+                    packed_matmul_serial(a, block_tiles, &self.transformed[xi], m_xi, &PackedEpilogue::default());
+                }
+                for (k, (image, ty, out_rows)) in block.iter_mut().enumerate() {
+                    let first_pixel = (*image * h + *ty * TILE) * w;
+                    let residual_rows = residual.map(|r| &r[first_pixel * cout..first_pixel * cout + out_rows.len()]);
+                    let target = OutputRows { out: out_rows, residual: residual_rows, bias: &self.bias, relu };
+                    output_transform_row(m, block_tiles, k * grid.cols, cout, grid, *ty, target);
+                }
+            });
+        });
+        let shape = [n, h, w, cout];
+        Tensor::from_vec(&shape, out).unwrap_or_else(|| Tensor::zeros(&shape))
+    }
+}
+
+thread_local! {
+    /// One block's `V` and `M` for [`WinogradConv::forward_in_blocks`], reused.
+    static BLOCK_SCRATCH: std::cell::RefCell<(Vec<f32>, Vec<f32>)> =
+        const { std::cell::RefCell::new((Vec::new(), Vec::new())) };
+}
+
+/// Largest `C_in · C_out` computed in blocks ([`WinogradConv::forward_in_blocks`]): each
+/// block streams all 36 transformed filters (`36 · C_in · C_out · 4` bytes, 9.4 MB at 256
+/// x 256), so wider layers, few tiles per filter read, go faster in three whole passes
+/// (512 x 512 at 7x7, batch 16: 15.8 ms that way, 17.1 ms in blocks).
+const MAX_CHANNELS_PRODUCT_IN_BLOCKS: usize = 256 * 256;
+
+/// Tiles per block of [`WinogradConv::forward_in_blocks`], about: four micro-tiles of rows
+/// for each of the block's 36 products.
+const BLOCK_TILES: usize = 48;
+
+/// Fewest tiles computed in blocks: eight blocks, so that both threads stay busy. With
+/// fewer (a batch-1 forward: 196 tiles at 56x56, 49 at 28x28) the 36 whole products, split
+/// across threads, are faster (ResNet-50 batch 1: 37.8-41.0 ms against 41.5-44.5 in blocks).
+const MIN_TILES_IN_BLOCKS: usize = 8 * BLOCK_TILES;
+
+/// Rows of tiles per block, for `rows` rows of `cols` tiles on `threads` threads: about
+/// [`BLOCK_TILES`] tiles, in a number of blocks that is a multiple of the threads.
+fn rows_per_block(rows: usize, cols: usize, threads: usize) -> usize {
+    let threads = threads.max(1);
+    let blocks = (rows * cols).div_ceil(BLOCK_TILES).max(1);
+    let blocks = if blocks > 1 { blocks.next_multiple_of(threads) } else { blocks };
+    rows.div_ceil(blocks).max(1)
 }
 
 /// The 9 taps (`ky·3 + kx`) of one input channel's 3x3 filters for a panel's [`NR`]
@@ -626,7 +726,18 @@ pub(crate) mod tests {
     fn winograd_equals_direct_convolution() {
         let mut rng = SplitMix64::new(21);
         let mut worst = 0.0f32;
-        for (n, h, w, cin, cout) in [(1, 7, 7, 16, 16), (2, 9, 13, 20, 24), (1, 8, 8, 64, 40), (1, 14, 14, 128, 33)] {
+        // The last two have enough tiles to go in blocks (MIN_TILES_IN_BLOCKS): 11 images of
+        // 6 x 6 tiles, the edge tiles cut off, blocks spanning images; 2 of 14 x 14.
+        let cases = [
+            (1, 7, 7, 16, 16),
+            (2, 9, 13, 20, 24),
+            (1, 8, 8, 64, 40),
+            (1, 14, 14, 128, 33),
+            (11, 23, 22, 16, 20),
+            (2, 56, 55, 24, 17),
+        ];
+        for (n, h, w, cin, cout) in cases {
+            assert_eq!(tiles(n, h, w) >= MIN_TILES_IN_BLOCKS, n > 1 && h > 20, "{n}x{h}x{w}");
             let g = geometry_3x3(cin, cout);
             let x = Tensor::from_vec(
                 &[n, h, w, cin],
