@@ -113,9 +113,10 @@ pub fn pays_off(g: &super::conv::Conv2dGeometry, n: usize, h: usize, w: usize) -
 /// [`WEIGHT_GRADIENT_MIN_CHANNELS`] channels on each side and [`WEIGHT_GRADIENT_MIN_TILES`]
 /// tiles.
 pub fn weight_gradient_pays_off(g: &super::conv::Conv2dGeometry, n: usize, h: usize, w: usize) -> bool {
+    let tiles = tiles(n, h, w);
     pays_off(g, n, h, w)
-        && g.in_channels.min(g.out_channels) >= WEIGHT_GRADIENT_MIN_CHANNELS
-        && tiles(n, h, w) >= WEIGHT_GRADIENT_MIN_TILES
+        && ((g.in_channels.min(g.out_channels) >= WEIGHT_GRADIENT_MIN_CHANNELS && tiles >= WEIGHT_GRADIENT_MIN_TILES)
+            || weight_gradient::in_blocks(g.in_channels, g.out_channels, tiles))
 }
 
 /// 4x4 output tiles of `n` images of `h × w`.
@@ -300,7 +301,7 @@ thread_local! {
 /// block streams all 36 transformed filters (`36 · C_in · C_out · 4` bytes, 9.4 MB at 256
 /// x 256), so wider layers, few tiles per filter read, go faster in three whole passes
 /// (512 x 512 at 7x7, batch 16: 15.8 ms that way, 17.1 ms in blocks).
-const MAX_CHANNELS_PRODUCT_IN_BLOCKS: usize = 256 * 256;
+pub(super) const MAX_CHANNELS_PRODUCT_IN_BLOCKS: usize = 256 * 256;
 
 /// Tiles per block of [`WinogradConv::forward_in_blocks`], about: four micro-tiles of rows
 /// for each of the block's 36 products.
@@ -309,13 +310,18 @@ const BLOCK_TILES: usize = 48;
 /// Fewest tiles computed in blocks: eight blocks, so that both threads stay busy. With
 /// fewer (a batch-1 forward: 196 tiles at 56x56, 49 at 28x28) the 36 whole products, split
 /// across threads, are faster (ResNet-50 batch 1: 37.8-41.0 ms against 41.5-44.5 in blocks).
-const MIN_TILES_IN_BLOCKS: usize = 8 * BLOCK_TILES;
+pub(super) const MIN_TILES_IN_BLOCKS: usize = 8 * BLOCK_TILES;
 
 /// Rows of tiles per block, for `rows` rows of `cols` tiles on `threads` threads: about
 /// [`BLOCK_TILES`] tiles, in a number of blocks that is a multiple of the threads.
 fn rows_per_block(rows: usize, cols: usize, threads: usize) -> usize {
+    rows_per_block_of(BLOCK_TILES, rows, cols, threads)
+}
+
+/// [`rows_per_block`] for blocks of about `block_tiles` tiles.
+pub(super) fn rows_per_block_of(block_tiles: usize, rows: usize, cols: usize, threads: usize) -> usize {
     let threads = threads.max(1);
-    let blocks = (rows * cols).div_ceil(BLOCK_TILES).max(1);
+    let blocks = (rows * cols).div_ceil(block_tiles.max(1)).max(1);
     let blocks = if blocks > 1 { blocks.next_multiple_of(threads) } else { blocks };
     rows.div_ceil(blocks).max(1)
 }
