@@ -159,12 +159,39 @@ fn backward_input_chunked(
         packed_matmul(&grad_out.data, n * h * w, c_out, &packed, &mut grad_input.data, &PackedEpilogue::default());
         return grad_input;
     }
-    // col2im adds into it: zeros.
-    let mut grad_input = Tensor::zeros(&shape);
-    // One group: W read as [C_out, K] is the right operand of every chunk's product.
-    let packed = (geom.groups == 1).then(|| PackedMatrix::from_kn(weight, c_out, geom.filter_len()));
     // Chunks hold whole images, so col2im finds every patch that read a pixel in the chunk.
     let patch_floats_per_image = oh * ow * geom.kernel_h * geom.kernel_w * c_in;
+    if geom.groups == 1 {
+        // W read as [C_out, K] is the right operand of every chunk's product. Each chunk of
+        // images runs on one thread, product then col2im, so its patch gradients are read
+        // back from cache: made for the whole batch first, they went through memory twice
+        // (a CIFAR stride-2 layer at batch 128: 19 MB).
+        let k = geom.filter_len();
+        let packed = PackedMatrix::from_kn(weight, c_out, k);
+        let budget = max_patch_floats.min(CACHED_PATCH_FLOATS);
+        let images_per_chunk = (budget / patch_floats_per_image.max(1)).max(1);
+        // Each chunk clears its own part before col2im adds into it.
+        let mut grad_input =
+            Tensor::from_vec(&shape, take_buffer(n * h * w * c_in)).unwrap_or_else(|| Tensor::zeros(&shape));
+        grad_input.data.par_chunks_mut(images_per_chunk * h * w * c_in).enumerate().for_each(
+            |(chunk, grad_in_chunk)| {
+                let rows = grad_in_chunk.len() / (h * w * c_in) * oh * ow;
+                let first_row = chunk * images_per_chunk * oh * ow;
+                let grad_out_rows = &grad_out.data[first_row * c_out..(first_row + rows) * c_out];
+                with_patch_buffer(|grad_patches| {
+                    // Every value is overwritten by the product; resize only sets the length.
+                    grad_patches.resize(rows * k, 0.0);
+                    let e = PackedEpilogue::default();
+                    packed_matmul_serial(Lhs::rows(grad_out_rows, c_out), rows, &packed, grad_patches, &e);
+                    grad_in_chunk.fill(0.0);
+                    col2im_nhwc(grad_patches, geom, (h, w), (oh, ow), grad_in_chunk);
+                });
+            },
+        );
+        return grad_input;
+    }
+    // Grouped (ResNeXt): col2im adds into it, so zeros.
+    let mut grad_input = Tensor::zeros(&shape);
     let images_per_chunk = (max_patch_floats / patch_floats_per_image.max(1)).max(1);
     with_patch_buffer(|grad_patches| {
         for (chunk, grad_in_chunk) in grad_input.data.chunks_mut(images_per_chunk * h * w * c_in).enumerate() {
@@ -174,10 +201,7 @@ fn backward_input_chunked(
             let grad_out_rows = &grad_out.data[first_row * c_out..(first_row + rows) * c_out];
             // Every value is overwritten by the GEMM; resize only sets the length.
             grad_patches.resize(rows * geom.groups * geom.filter_len(), 0.0);
-            match &packed {
-                Some(p) => packed_matmul(grad_out_rows, rows, c_out, p, grad_patches, &PackedEpilogue::default()),
-                None => patch_gradients(grad_out_rows, weight, geom, grad_patches),
-            }
+            patch_gradients(grad_out_rows, weight, geom, grad_patches);
             col2im_nhwc(grad_patches, geom, (h, w), (oh, ow), grad_in_chunk);
         }
     });
@@ -340,6 +364,10 @@ fn backward_weight_chunked(
     });
     grad_weight
 }
+
+/// Patch-gradient values per chunk of images in [`backward_input_chunked`]: 1 MiB, the size
+/// of this CPU's per-core L2 (a chunk holds at least one image).
+const CACHED_PATCH_FLOATS: usize = 1 << 18;
 
 /// Largest `K · C_out` (filter values) whose weight gradient is split over pixels: 2^18
 /// floats, a 1 MiB partial sum per thread that stays in its L2.
