@@ -292,8 +292,9 @@ impl WinogradConv {
 }
 
 thread_local! {
-    /// One block's `V` and `M` for [`WinogradConv::forward_in_blocks`], reused.
-    static BLOCK_SCRATCH: std::cell::RefCell<(Vec<f32>, Vec<f32>)> =
+    /// One block's `V` and `M` for [`WinogradConv::forward_in_blocks`] (`V` and `T` for the
+    /// weight gradient's blocks), reused.
+    pub(super) static BLOCK_SCRATCH: std::cell::RefCell<(Vec<f32>, Vec<f32>)> =
         const { std::cell::RefCell::new((Vec::new(), Vec::new())) };
 }
 

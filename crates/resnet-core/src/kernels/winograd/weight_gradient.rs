@@ -23,8 +23,8 @@ use super::super::buffers::{recycle, take_buffer};
 use super::super::packed_gemm::{packed_matmul_serial, Lhs, PackedEpilogue, PackedMatrix};
 use super::super::vectorised_fn;
 use super::{
-    copy_lanes, input_transform_row, rows_per_block_of, tile_stride, transform_tiles, Lanes, TileGrid, G, LANES,
-    MAX_CHANNELS_PRODUCT_IN_BLOCKS, MIN_TILES_IN_BLOCKS, POINTS, TILE,
+    copy_lanes, input_transform_row, rows_per_block_of, tile_stride, transform_tiles, Lanes, TileGrid, BLOCK_SCRATCH,
+    G, LANES, MAX_CHANNELS_PRODUCT_IN_BLOCKS, MIN_TILES_IN_BLOCKS, POINTS, TILE,
 };
 use crate::tensor::Tensor;
 
@@ -86,8 +86,15 @@ fn grad_u_in_blocks(input: &Tensor, grad_out: &Tensor, grid: &TileGrid) -> Vec<f
             let parts = threads.min(blocks);
             let mut sum = vec![0.0f32; POINTS * cin * cout];
             let (v_len, t_len) = (grid.cols * tile_stride(cin), grid.cols * tile_stride(cout));
-            let mut v = vec![0.0f32; per_block * v_len];
-            let mut t = vec![0.0f32; per_block * t_len];
+            // This thread's scratch: every value read is written first (the transforms write
+            // all 36 points of every tile of the block), so it is never cleared.
+            let (mut v, mut t) = BLOCK_SCRATCH.with_borrow_mut(std::mem::take);
+            if v.len() < per_block * v_len {
+                v.resize(per_block * v_len, 0.0);
+            }
+            if t.len() < per_block * t_len {
+                t.resize(per_block * t_len, 0.0);
+            }
             for block in part * blocks / parts..(part + 1) * blocks / parts {
                 let block_rows = block * per_block..((block + 1) * per_block).min(rows);
                 let block_tiles = block_rows.len() * grid.cols;
@@ -105,6 +112,7 @@ fn grad_u_in_blocks(input: &Tensor, grad_out: &Tensor, grid: &TileGrid) -> Vec<f
                     packed_matmul_serial(a, cin, &packed, sum_xi, &e);
                 }
             }
+            BLOCK_SCRATCH.set((v, t));
             sum
         })
         .collect();
