@@ -191,7 +191,9 @@ impl WinogradConv {
     }
 
     /// `relu?(conv(x) + bias + residual?)` on NHWC `x`; the output has `x`'s height and
-    /// width. Panics on shapes that disagree (a caller bug).
+    /// width. Layers of at most 256 x 256 channels with at least 384 tiles go a block of
+    /// tiles at a time (`forward_in_blocks`), the others in three whole passes. Panics on
+    /// shapes that disagree (a caller bug).
     pub fn forward(&self, x: &Tensor, residual: Option<&[f32]>, relu: bool) -> Tensor {
         assert_eq!(x.shape.len(), 4, "conv expects an NHWC tensor");
         let (n, h, w, cin) = (x.shape[0], x.shape[1], x.shape[2], x.shape[3]);
