@@ -225,14 +225,7 @@ impl WinogradConv {
 
         // 3. Y = Aᵀ M A + bias (+ residual), one task per row of tiles.
         let mut out = take_buffer(n * h * w * cout);
-        let image_len = h * w * cout;
-        let mut rows: Vec<(usize, usize, &mut [f32])> = Vec::with_capacity(n * grid.rows);
-        for (image, out_image) in out.chunks_mut(image_len).enumerate() {
-            for (ty, out_rows) in out_image.chunks_mut(TILE * w * cout).enumerate() {
-                rows.push((image, ty, out_rows));
-            }
-        }
-        rows.into_par_iter().for_each(|(image, ty, out_rows)| {
+        rows_of_tiles(&mut out, (h, w, cout)).into_par_iter().for_each(|(image, ty, out_rows)| {
             let first_tile = (image * grid.rows + ty) * grid.cols;
             let first_pixel = (image * h + ty * TILE) * w;
             let residual_rows = residual.map(|r| &r[first_pixel * cout..first_pixel * cout + out_rows.len()]);
@@ -252,13 +245,7 @@ impl WinogradConv {
         let (n, h, w, cin) = (x.shape[0], x.shape[1], x.shape[2], x.shape[3]);
         let cout = self.out_channels;
         let mut out = take_buffer(n * h * w * cout);
-        let image_len = h * w * cout;
-        let mut rows: Vec<(usize, usize, &mut [f32])> = Vec::with_capacity(n * grid.rows);
-        for (image, out_image) in out.chunks_mut(image_len).enumerate() {
-            for (ty, out_rows) in out_image.chunks_mut(TILE * w * cout).enumerate() {
-                rows.push((image, ty, out_rows));
-            }
-        }
+        let mut rows = rows_of_tiles(&mut out, (h, w, cout));
         let rows_per_block = rows_per_block(rows.len(), grid.cols, super::current_threads());
         rows.par_chunks_mut(rows_per_block).for_each(|block| {
             let block_tiles = block.len() * grid.cols;
@@ -291,6 +278,18 @@ impl WinogradConv {
         let shape = [n, h, w, cout];
         Tensor::from_vec(&shape, out).unwrap_or_else(|| Tensor::zeros(&shape))
     }
+}
+
+/// Each row of tiles' part of NHWC `out` (images of `h × w × cout`): `(image, row of
+/// tiles, its up to 4 image rows)`, for tasks that each write their own.
+fn rows_of_tiles(out: &mut [f32], (h, w, cout): (usize, usize, usize)) -> Vec<(usize, usize, &mut [f32])> {
+    let mut rows = Vec::new();
+    for (image, out_image) in out.chunks_mut((h * w * cout).max(1)).enumerate() {
+        for (ty, out_rows) in out_image.chunks_mut((TILE * w * cout).max(1)).enumerate() {
+            rows.push((image, ty, out_rows));
+        }
+    }
+    rows
 }
 
 thread_local! {
