@@ -116,7 +116,7 @@ pub fn weight_gradient_pays_off(g: &super::conv::Conv2dGeometry, n: usize, h: us
     let tiles = tiles(n, h, w);
     pays_off(g, n, h, w)
         && ((g.in_channels.min(g.out_channels) >= WEIGHT_GRADIENT_MIN_CHANNELS && tiles >= WEIGHT_GRADIENT_MIN_TILES)
-            || weight_gradient::in_blocks(g.in_channels, g.out_channels, tiles))
+            || in_blocks(g.in_channels, g.out_channels, tiles))
 }
 
 /// 4x4 output tiles of `n` images of `h × w`.
@@ -208,7 +208,7 @@ impl WinogradConv {
         }
         let grid = TileGrid::new(h, w);
         let tiles = n * grid.rows * grid.cols;
-        if self.in_channels * self.out_channels <= MAX_CHANNELS_PRODUCT_IN_BLOCKS && tiles >= MIN_TILES_IN_BLOCKS {
+        if in_blocks(cin, cout, tiles) {
             return self.forward_in_blocks(x, residual, relu, &grid);
         }
 
@@ -246,7 +246,7 @@ impl WinogradConv {
         let cout = self.out_channels;
         let mut out = take_buffer(n * h * w * cout);
         let mut rows = rows_of_tiles(&mut out, (h, w, cout));
-        let rows_per_block = rows_per_block(rows.len(), grid.cols, super::current_threads());
+        let rows_per_block = rows_per_block(BLOCK_TILES, rows.len(), grid.cols, super::current_threads());
         rows.par_chunks_mut(rows_per_block).for_each(|block| {
             let block_tiles = block.len() * grid.cols;
             BLOCK_SCRATCH.with_borrow_mut(|(v, m)| {
@@ -299,29 +299,31 @@ thread_local! {
         const { std::cell::RefCell::new((Vec::new(), Vec::new())) };
 }
 
-/// Largest `C_in · C_out` computed in blocks ([`WinogradConv::forward_in_blocks`]): each
-/// block streams all 36 transformed filters (`36 · C_in · C_out · 4` bytes, 9.4 MB at 256
-/// x 256), so wider layers, few tiles per filter read, go faster in three whole passes
-/// (512 x 512 at 7x7, batch 16: 15.8 ms that way, 17.1 ms in blocks).
-pub(super) const MAX_CHANNELS_PRODUCT_IN_BLOCKS: usize = 256 * 256;
+/// Largest `C_in · C_out` computed in blocks ([`in_blocks`]): each block streams all 36
+/// transformed filters (`36 · C_in · C_out · 4` bytes, 9.4 MB at 256 x 256), so wider
+/// layers, few tiles per filter read, go faster in three whole passes (512 x 512 at 7x7,
+/// batch 16: 15.8 ms that way, 17.1 ms in blocks).
+const MAX_CHANNELS_PRODUCT_IN_BLOCKS: usize = 256 * 256;
 
 /// Tiles per block of [`WinogradConv::forward_in_blocks`], about: four micro-tiles of rows
 /// for each of the block's 36 products.
 const BLOCK_TILES: usize = 48;
 
-/// Fewest tiles computed in blocks: eight blocks, so that both threads stay busy. With
-/// fewer (a batch-1 forward: 196 tiles at 56x56, 49 at 28x28) the 36 whole products, split
-/// across threads, are faster (ResNet-50 batch 1: 37.8-41.0 ms against 41.5-44.5 in blocks).
-pub(super) const MIN_TILES_IN_BLOCKS: usize = 8 * BLOCK_TILES;
+/// Fewest tiles computed in blocks ([`in_blocks`]): eight forward blocks, so that both
+/// threads stay busy. With fewer (a batch-1 forward: 196 tiles at 56x56, 49 at 28x28) the
+/// 36 whole products, split across threads, are faster (ResNet-50 batch 1: 37.8-41.0 ms
+/// against 41.5-44.5 in blocks).
+const MIN_TILES_IN_BLOCKS: usize = 8 * BLOCK_TILES;
 
-/// Rows of tiles per block, for `rows` rows of `cols` tiles on `threads` threads: about
-/// [`BLOCK_TILES`] tiles, in a number of blocks that is a multiple of the threads.
-fn rows_per_block(rows: usize, cols: usize, threads: usize) -> usize {
-    rows_per_block_of(BLOCK_TILES, rows, cols, threads)
+/// Whether a layer of `cin × cout` channels over `tiles` tiles goes a block of tiles at a
+/// time, in the forward (`WinogradConv::forward_in_blocks`) and the weight gradient alike.
+pub(super) fn in_blocks(cin: usize, cout: usize, tiles: usize) -> bool {
+    cin * cout <= MAX_CHANNELS_PRODUCT_IN_BLOCKS && tiles >= MIN_TILES_IN_BLOCKS
 }
 
-/// [`rows_per_block`] for blocks of about `block_tiles` tiles.
-pub(super) fn rows_per_block_of(block_tiles: usize, rows: usize, cols: usize, threads: usize) -> usize {
+/// Rows of tiles per block, for `rows` rows of `cols` tiles on `threads` threads: about
+/// `block_tiles` tiles, in a number of blocks that is a multiple of the threads.
+pub(super) fn rows_per_block(block_tiles: usize, rows: usize, cols: usize, threads: usize) -> usize {
     let threads = threads.max(1);
     let blocks = (rows * cols).div_ceil(block_tiles.max(1)).max(1);
     let blocks = if blocks > 1 { blocks.next_multiple_of(threads) } else { blocks };
@@ -745,7 +747,7 @@ pub(crate) mod tests {
             (2, 56, 55, 24, 17),
         ];
         for (n, h, w, cin, cout) in cases {
-            assert_eq!(tiles(n, h, w) >= MIN_TILES_IN_BLOCKS, n > 1 && h > 20, "{n}x{h}x{w}");
+            assert_eq!(in_blocks(cin, cout, tiles(n, h, w)), n > 1 && h > 20, "{n}x{h}x{w}");
             let g = geometry_3x3(cin, cout);
             let x = Tensor::from_vec(
                 &[n, h, w, cin],

@@ -23,8 +23,8 @@ use super::super::buffers::{recycle, take_buffer};
 use super::super::packed_gemm::{packed_matmul_serial, Lhs, PackedEpilogue, PackedMatrix};
 use super::super::vectorised_fn;
 use super::{
-    copy_lanes, input_transform_row, rows_per_block_of, tile_stride, transform_tiles, Lanes, TileGrid, BLOCK_SCRATCH,
-    G, LANES, MAX_CHANNELS_PRODUCT_IN_BLOCKS, MIN_TILES_IN_BLOCKS, POINTS, TILE,
+    copy_lanes, in_blocks, input_transform_row, rows_per_block, tile_stride, transform_tiles, Lanes, TileGrid,
+    BLOCK_SCRATCH, G, LANES, POINTS, TILE,
 };
 use crate::tensor::Tensor;
 
@@ -58,12 +58,6 @@ pub fn weight_gradient(input: &Tensor, grad_out: &Tensor) -> Vec<f32> {
     grad_weight
 }
 
-/// Whether [`weight_gradient`] runs in blocks of tiles ([`grad_u_in_blocks`]): the same rule
-/// as the forward's (`WinogradConv::forward`).
-pub(in super::super) fn in_blocks(cin: usize, cout: usize, tiles: usize) -> bool {
-    cin * cout <= MAX_CHANNELS_PRODUCT_IN_BLOCKS && tiles >= MIN_TILES_IN_BLOCKS
-}
-
 /// Tiles per block of [`grad_u_in_blocks`], about: the depth of each block's 36 products.
 const WEIGHT_GRADIENT_BLOCK_TILES: usize = 192;
 
@@ -78,7 +72,7 @@ fn grad_u_in_blocks(input: &Tensor, grad_out: &Tensor, grid: &TileGrid) -> Vec<f
     let cout = grad_out.shape[3];
     let rows = n * grid.rows;
     let threads = super::super::current_threads().max(1);
-    let per_block = rows_per_block_of(WEIGHT_GRADIENT_BLOCK_TILES, rows, grid.cols, threads);
+    let per_block = rows_per_block(WEIGHT_GRADIENT_BLOCK_TILES, rows, grid.cols, threads);
     let blocks = rows.div_ceil(per_block);
     let partials: Vec<Vec<f32>> = (0..threads.min(blocks))
         .into_par_iter()
@@ -253,7 +247,7 @@ mod tests {
     /// 2e-5 of the largest gradient value (measured: 0.5-4e-6).
     #[test]
     fn equals_the_direct_weight_gradient() {
-        // The last has enough tiles for blocks (`in_blocks`): 13 images of 5 x 6 tiles, cut
+        // The last has enough tiles for blocks (`super::in_blocks`): 13 images of 5 x 6 tiles, cut
         // at the edges, blocks spanning images.
         let cases = [(2, 7, 9, 20, 24), (1, 4, 4, 16, 16), (2, 14, 14, 64, 48), (3, 5, 3, 3, 5), (13, 18, 23, 24, 20)];
         for (n, h, w, cin, cout) in cases {
