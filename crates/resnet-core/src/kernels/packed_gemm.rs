@@ -442,11 +442,12 @@ pub(super) mod avx512 {
         let (k, n) = (b.k, b.n);
         // Every row of the tile for one block of `K` and one panel; `a_rows` starts at the
         // tile's first row and the block's first column.
-        let run = |a_rows: &[f32], row_stride, col_stride, k0, kc, p, out: &mut [f32]| {
+        let run = |a_rows: &[f32], row_stride, col_stride, k0, kc, p, in_place: bool, out: &mut [f32]| {
             let mut block = Block {
                 a: a_rows,
                 row_stride,
                 col_stride,
+                prefetch_rows: in_place && col_stride == 1,
                 kc,
                 panel: &b.panel(p)[k0 * NR..(k0 + kc) * NR],
                 dest: Destination::new(out, n, 0, p, k0 == 0 && !e.accumulate, k0 + kc == k, e),
@@ -457,7 +458,7 @@ pub(super) mod avx512 {
         };
         if !worth_copying(&a, n) {
             for_each_block_and_panel(k, k_block_len(k), n, |k0, kc, p| {
-                run(&a.data[k0 * a.col_stride..], a.row_stride, a.col_stride, k0, kc, p, out);
+                run(&a.data[k0 * a.col_stride..], a.row_stride, a.col_stride, k0, kc, p, true, out);
             });
             return;
         }
@@ -472,7 +473,7 @@ pub(super) mod avx512 {
                         block
                     }
                 };
-                run(buf, block.stride, 1, k0, kc, p, out);
+                run(buf, block.stride, 1, k0, kc, p, false, out);
             });
         });
     }
@@ -587,6 +588,9 @@ pub(super) mod avx512 {
         a: &'a [f32],
         row_stride: usize,
         col_stride: usize,
+        /// `a` is row-major and read in place (not copied into cache by [`tile`]): the
+        /// kernel prefetches the next micro-tile's rows ([`prefetch_next_rows`]).
+        prefetch_rows: bool,
         kc: usize,
         panel: &'a [f32],
         dest: Destination<'a>,
@@ -727,6 +731,31 @@ pub(super) mod avx512 {
         }
     }
 
+    /// At step `kk` of a `kc`-deep block, asks for one cache line of the next micro-tile's
+    /// rows of a row-major `a` (row `kk mod ROWS`, line `kk / ROWS`), so that all of its
+    /// block's lines are on their way before it starts: 16 values a line, `ROWS` rows, so
+    /// the lines run out after `16/ROWS` of the block. Read in place from memory (the 1x1
+    /// convolutions' activations, too large for L3 from batch 16 on), the twelve rows are
+    /// twelve streams that the hardware prefetchers did not keep up with: `gemm_timing`
+    /// 50176 × 256 × 64 (layer1's 256 -> 64 at batch 16) went from 154 to 195 GFLOP/s,
+    /// 12544 × 512 × 128 from 192 to 200. A block copied by [`tile`] is already in L2, and
+    /// prefetching it into L1 only crowds out the panel: not done (`Block::prefetch_rows`).
+    /// Prefetching into L2 only (`_MM_HINT_T1`) was no better.
+    ///
+    /// # Safety
+    /// The CPU supports SSE (every x86_64 does). The address may lie past `a`'s end (after
+    /// the last micro-tile): it is formed with `wrapping_add` and only prefetched, which
+    /// never faults.
+    #[inline(always)]
+    unsafe fn prefetch_next_rows<const ROWS: usize>(a: *const f32, row_stride: usize, kk: usize, kc: usize) {
+        let (row, line) = (kk % ROWS, kk / ROWS);
+        if line * 16 < kc {
+            let address = a.wrapping_add((ROWS + row) * row_stride + line * 16);
+            // SAFETY: a prefetch reads nothing architecturally and never faults.
+            unsafe { _mm_prefetch::<_MM_HINT_T0>(address.cast()) };
+        }
+    }
+
     /// The micro-kernel: `ROWS × 16·REGS` sums in `ROWS·REGS` registers across the `K` block.
     ///
     /// # Safety
@@ -745,6 +774,9 @@ pub(super) mod avx512 {
             for kk in 0..block.kc {
                 if kk < ROWS {
                     prefetch_destination_row::<REGS>(&block.dest, kk);
+                }
+                if block.prefetch_rows {
+                    prefetch_next_rows::<ROWS>(a, rs, kk, block.kc);
                 }
                 let mut bv = [_mm512_setzero_ps(); REGS];
                 for (j, v) in bv.iter_mut().enumerate() {
