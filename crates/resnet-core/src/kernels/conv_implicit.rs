@@ -13,8 +13,8 @@
 //! The price: a micro-tile may not cross the end of an output row, so each row is cut into
 //! runs of near-equal length of at most [`MR`] pixels (a 32-wide row: 10 + 11 + 11; 14:
 //! 7 + 7), shorter than the 12 rows the im2col path always gets. Used where that costs
-//! nothing (`suits`: stride 1, small filters, at least [`MIN_CHANNELS`] values per filter
-//! row, AVX-512); ImageNet's 7x7 stride-2 stem and the stride-2 layers keep im2col.
+//! nothing (`suits`: stride 1 or ImageNet's 7x7 stride-2 stem, small filters, at least
+//! [`MIN_CHANNELS`] values per filter row, AVX-512); the 3x3 stride-2 layers keep im2col.
 //!
 //! The weight gradient (`weight_gradient_implicit`) runs the same kernel transposed: a
 //! micro-tile row is one value of a filter row (a channel under one tap), and the
@@ -42,14 +42,16 @@ pub const MIN_CHANNELS: usize = 8;
 /// and ran up to 1.8x slower.
 pub const MAX_FILTER_BYTES: usize = 1 << 20;
 
-/// Whether [`conv2d_implicit`] computes `g` on this CPU: ungrouped, stride 1 (stride 2
-/// reads every other pixel's cache lines and ran 10-25% slower than im2col on the CIFAR
-/// nets' downsampling layers), not 1x1 (which needs no patches at all), at least
+/// Whether [`conv2d_implicit`] computes `g` on this CPU: ungrouped, stride 1 or a filter
+/// wider than twice its stride (a 3x3 stride-2 window leaves every other pixel's cache lines
+/// unread and ran 10-25% slower than im2col on the CIFAR nets' downsampling layers; the
+/// windows of ImageNet's 7x7 stride-2 stem overlap, and it ran ~10% faster than im2col at
+/// batch 16, forward and weight gradient), not 1x1 (which needs no patches at all), at least
 /// [`MIN_CHANNELS`] values per filter row, at most [`MAX_FILTER_BYTES`] of weights, and the
 /// AVX-512 path (the portable path keeps im2col).
 pub(crate) fn suits(g: &Conv2dGeometry) -> bool {
     g.groups == 1
-        && g.stride == 1
+        && (g.stride == 1 || g.kernel_w > 2 * g.stride)
         && !g.is_pointwise()
         && g.kernel_w * g.in_channels >= MIN_CHANNELS
         && 4 * g.weight_len() <= MAX_FILTER_BYTES
@@ -429,7 +431,9 @@ mod tests {
             (geometry(20, 40, 3, 1, 1), 2, 7, 5),
             (geometry(8, 8, 5, 1, 2), 1, 6, 6),
             (geometry(3, 16, 3, 1, 1), 2, 9, 13),
+            (geometry(3, 40, 7, 2, 3), 2, 11, 12),
         ] {
+            assert!(suits(&g), "{g:?}");
             let x = Tensor::from_vec(&[n, h, w, g.in_channels], random(n * h * w * g.in_channels)).unwrap();
             let (oh, ow) = g.output_hw(h, w);
             let rows = n * oh * ow;
@@ -462,7 +466,7 @@ mod tests {
         }
     }
 
-    /// Against im2col + the same packed GEMM, on stride-1 shapes (3x3 and 5x5, odd sizes,
+    /// Against im2col + the same packed GEMM, on stride-1 shapes and the 7x7 stride-2 stem (3x3 and 5x5, odd sizes,
     /// rows shorter and longer than a micro-tile, channel counts not a multiple of 16,
     /// several K blocks, a tap split across blocks) with bias, residual and ReLU: the same products summed in the same order,
     /// so equal to rounding (1e-5 relative).
@@ -483,6 +487,8 @@ mod tests {
             (geometry(16, 8, 5, 1, 2), 2, 6, 9),
             // The CIFAR stem: 3 channels, one segment of 9 values per filter row.
             (geometry(3, 16, 3, 1, 1), 2, 9, 13),
+            // ImageNet's stem: 7x7 stride 2 over 3 channels, 21 values per filter row.
+            (geometry(3, 64, 7, 2, 3), 2, 19, 22),
         ] {
             assert!(suits(&g), "{g:?}");
             let x = Tensor::from_vec(&[n, h, w, g.in_channels], random(n * h * w * g.in_channels)).unwrap();
