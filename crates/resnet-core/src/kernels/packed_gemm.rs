@@ -447,7 +447,7 @@ pub(super) mod avx512 {
                 a: a_rows,
                 row_stride,
                 col_stride,
-                prefetch_rows: in_place && col_stride == 1,
+                prefetch_rows: in_place && col_stride == 1 && p == 0,
                 kc,
                 panel: &b.panel(p)[k0 * NR..(k0 + kc) * NR],
                 dest: Destination::new(out, n, 0, p, k0 == 0 && !e.accumulate, k0 + kc == k, e),
@@ -588,8 +588,11 @@ pub(super) mod avx512 {
         a: &'a [f32],
         row_stride: usize,
         col_stride: usize,
-        /// `a` is row-major and read in place (not copied into cache by [`tile`]): the
-        /// kernel prefetches the next micro-tile's rows ([`prefetch_next_rows`]).
+        /// `a` is row-major, read in place (not copied into cache by [`tile`]) and this is
+        /// the first panel of its `K` block, the pass that reads it from memory: the kernel
+        /// prefetches the next micro-tile's rows ([`prefetch_next_rows`]). The later panels
+        /// find the block in L2; prefetching it into L1 for them too crowded the panel out
+        /// and made the batch-1 forward 4% slower (36.3 -> 37.7 ms, 5 interleaved runs).
         prefetch_rows: bool,
         kc: usize,
         panel: &'a [f32],
@@ -738,8 +741,8 @@ pub(super) mod avx512 {
     /// convolutions' activations, too large for L3 from batch 16 on), the twelve rows are
     /// twelve streams that the hardware prefetchers did not keep up with: `gemm_timing`
     /// 50176 × 256 × 64 (layer1's 256 -> 64 at batch 16) went from 154 to 195 GFLOP/s,
-    /// 12544 × 512 × 128 from 192 to 200. A block copied by [`tile`] is already in L2, and
-    /// prefetching it into L1 only crowds out the panel: not done (`Block::prefetch_rows`).
+    /// 12544 × 512 × 128 from 192 to 200. Only the first panel's pass does it, and not on a
+    /// block copied by [`tile`]: those find it in L2 already (`Block::prefetch_rows`).
     /// Prefetching into L2 only (`_MM_HINT_T1`) was no better.
     ///
     /// # Safety
