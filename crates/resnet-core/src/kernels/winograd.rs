@@ -536,9 +536,19 @@ vectorised_fn! {
     /// Input transform of row `ty` of tiles of one image (`x`: `[h, w, cin]`) into `v_row`
     /// (`[cols][ξ][cin]`), 16 channels at a time; positions outside the image are zero.
     fn input_transform_row(x: &[f32], cin: usize, grid: &TileGrid, ty: usize, v_row: &mut [f32]) {
+        // The tile's input rows inside the image: ty·TILE − 1 + py for py in `rows`.
+        let rows = inside_span(ty, grid.h);
         for tx in 0..grid.cols {
+            let cols = inside_span(tx, grid.w);
             for c0 in (0..cin).step_by(LANES) {
                 let lanes = LANES.min(cin - c0);
+                if lanes == LANES {
+                    // The image's pixel (ty·TILE − 1, tx·TILE − 1), maybe outside it.
+                    let origin = ((ty * TILE) as isize - 1) * grid.w as isize + (tx * TILE) as isize - 1;
+                    let window = TileWindow { x, origin, strides: (grid.w * cin, cin), c0, rows: rows.clone(), cols: cols.clone() };
+                    transform_tile(&window, &mut v_row[tx * tile_stride(cin)..], cin, c0);
+                    continue;
+                }
                 let mut d = [[0.0f32; LANES]; POINTS];
                 for py in 0..6 {
                     let Some(y) = (ty * TILE + py).checked_sub(1).filter(|&y| y < grid.h) else { continue };
@@ -567,6 +577,76 @@ vectorised_fn! {
             }
         }
     }
+}
+
+/// The `py` (or `px`) of a tile's 6 input rows (or columns) that lie inside an image of
+/// `len` rows (or columns): tile `t` reads `t·TILE − 1 + p` for `p` in `0..6`.
+fn inside_span(t: usize, len: usize) -> std::ops::Range<usize> {
+    let first = usize::from(t == 0);
+    let last = (len + 1).saturating_sub(t * TILE).min(6);
+    first..last.max(first)
+}
+
+/// Where one tile's 6x6 input and 16 channels are in an NHWC image `x`.
+struct TileWindow<'a> {
+    x: &'a [f32],
+    /// Index (in pixels, `y · w + x`) of the window's top-left pixel, which may lie outside.
+    origin: isize,
+    /// (row, pixel) strides in values.
+    strides: (usize, usize),
+    c0: usize,
+    /// The window's rows and columns inside the image ([`inside_span`]).
+    rows: std::ops::Range<usize>,
+    cols: std::ops::Range<usize>,
+}
+
+impl TileWindow<'_> {
+    /// The 16 channels at window position `(py, px)`, zeros outside the image.
+    #[inline(always)]
+    fn at(&self, py: usize, px: usize) -> &Lanes {
+        const ZERO: Lanes = [0.0; LANES];
+        if !(self.rows.contains(&py) && self.cols.contains(&px)) {
+            return &ZERO;
+        }
+        let (row_stride, pixel_stride) = self.strides;
+        // Inside the image, so the index is not negative.
+        let offset = (py * row_stride + px * pixel_stride + self.c0) as isize;
+        let first = (self.origin * pixel_stride as isize + offset) as usize;
+        lanes_at(self.x, first)
+    }
+}
+
+/// The input transform `Bᵀ d B` of one tile, 16 channels (`c0..c0 + 16`), into the tile's
+/// `V` (`v_tile`, `[ξ][cin]`): `Bᵀ d` down the columns, read in place from the image
+/// (zeros past its edges), then `(Bᵀ d) B` along the rows, stored straight into `V`.
+/// Copying the 36 input values into an array first, as the partial-register path does,
+/// cost as much as the arithmetic.
+#[inline(always)]
+fn transform_tile(window: &TileWindow<'_>, v_tile: &mut [f32], cin: usize, c0: usize) {
+    let mut t = [[0.0f32; LANES]; POINTS];
+    for px in 0..6 {
+        let column = std::array::from_fn(|py| window.at(py, px));
+        let r = bt6(column);
+        for (i, ri) in r.iter().enumerate() {
+            t[i * 6 + px] = *ri;
+        }
+    }
+    for i in 0..6 {
+        let row = &t[i * 6..i * 6 + 6];
+        let r = bt6([&row[0], &row[1], &row[2], &row[3], &row[4], &row[5]]);
+        for (j, rj) in r.iter().enumerate() {
+            let at = (i * 6 + j) * cin + c0;
+            v_tile[at..at + LANES].copy_from_slice(rj);
+        }
+    }
+}
+
+/// The [`LANES`] values of `x` from `at` on, as an array (panics past the end of `x`, as
+/// slicing does).
+#[inline(always)]
+pub(super) fn lanes_at(x: &[f32], at: usize) -> &Lanes {
+    const ZERO: Lanes = [0.0; LANES];
+    <&Lanes>::try_from(&x[at..at + LANES]).unwrap_or(&ZERO)
 }
 
 vectorised_fn! {
@@ -600,19 +680,30 @@ pub(super) fn output_transform_row_of<const TILE: usize, const SPAN: usize, cons
 ) {
     let OutputRows { out, residual, bias, relu } = target;
     let valid_rows = TILE.min(grid.h - ty * TILE);
+    let mut partial = [[0.0f32; LANES]; POINTS];
     for tx in 0..grid.cols {
         let tile = first_tile + tx;
         let valid_cols = TILE.min(grid.w - tx * TILE);
         for c0 in (0..cout).step_by(LANES) {
             let lanes = LANES.min(cout - c0);
-            let mut mm = [[0.0f32; LANES]; POINTS];
-            for (xi, v) in mm.iter_mut().enumerate() {
-                copy_lanes(v, &m[(xi * tiles + tile) * cout + c0..], lanes);
+            // M's values for this tile: read in place where all 16 lanes are there, else
+            // copied (zero-padded) into `partial`.
+            if lanes < LANES {
+                for (xi, v) in partial.iter_mut().enumerate() {
+                    copy_lanes(v, &m[(xi * tiles + tile) * cout + c0..], lanes);
+                }
             }
+            let point = |xi: usize| -> &Lanes {
+                if lanes == LANES {
+                    lanes_at(m, (xi * tiles + tile) * cout + c0)
+                } else {
+                    &partial[xi]
+                }
+            };
             // Aᵀ M down the columns (SPAN -> TILE rows), then (Aᵀ M) A along the rows.
             let mut t = [[[0.0f32; LANES]; SPAN]; TILE];
             for col in 0..SPAN {
-                let r = at(std::array::from_fn(|i| &mm[i * SPAN + col]));
+                let r = at(std::array::from_fn(|i| point(i * SPAN + col)));
                 for (row, ra) in t.iter_mut().zip(&r) {
                     row[col] = *ra;
                 }

@@ -23,8 +23,8 @@ use super::super::buffers::{recycle, take_buffer};
 use super::super::packed_gemm::{packed_matmul_serial, Lhs, PackedEpilogue, PackedMatrix};
 use super::super::vectorised_fn;
 use super::{
-    copy_lanes, in_blocks, input_transform_row, rows_per_block, tile_stride, transform_tiles, Lanes, TileGrid,
-    BLOCK_SCRATCH, G, LANES, POINTS, TILE,
+    copy_lanes, in_blocks, input_transform_row, lanes_at, rows_per_block, tile_stride, transform_tiles, Lanes,
+    TileGrid, BLOCK_SCRATCH, G, LANES, POINTS, TILE,
 };
 use crate::tensor::Tensor;
 
@@ -164,21 +164,36 @@ vectorised_fn! {
     /// are zero.
     fn gradient_transform_row(dy: &[f32], cout: usize, grid: &TileGrid, ty: usize, t_row: &mut [f32]) {
         let valid_rows = TILE.min(grid.h - ty * TILE);
+        let mut partial = [[0.0f32; LANES]; TILE * TILE];
         for tx in 0..grid.cols {
             let valid_cols = TILE.min(grid.w - tx * TILE);
             for c0 in (0..cout).step_by(LANES) {
                 let lanes = LANES.min(cout - c0);
-                let mut g = [[0.0f32; LANES]; TILE * TILE];
-                for r in 0..valid_rows {
-                    for c in 0..valid_cols {
-                        let at = ((ty * TILE + r) * grid.w + tx * TILE + c) * cout + c0;
-                        copy_lanes(&mut g[r * TILE + c], &dy[at..], lanes);
+                // ∂Y's values for this tile, zeros past the edges: read in place where all
+                // 16 lanes are there, else copied into `partial`.
+                if lanes < LANES {
+                    partial = [[0.0f32; LANES]; TILE * TILE];
+                    for r in 0..valid_rows {
+                        for c in 0..valid_cols {
+                            let at = ((ty * TILE + r) * grid.w + tx * TILE + c) * cout + c0;
+                            copy_lanes(&mut partial[r * TILE + c], &dy[at..], lanes);
+                        }
                     }
                 }
+                let value = |r: usize, c: usize| -> &Lanes {
+                    const ZERO: Lanes = [0.0; LANES];
+                    if lanes < LANES {
+                        &partial[r * TILE + c]
+                    } else if r < valid_rows && c < valid_cols {
+                        lanes_at(dy, ((ty * TILE + r) * grid.w + tx * TILE + c) * cout + c0)
+                    } else {
+                        &ZERO
+                    }
+                };
                 // A ∂Y down the columns (4 -> 6 rows), then (A ∂Y) Aᵀ along the rows.
                 let mut half = [[0.0f32; LANES]; 6 * TILE];
                 for col in 0..TILE {
-                    let r = a6([&g[col], &g[TILE + col], &g[2 * TILE + col], &g[3 * TILE + col]]);
+                    let r = a6([value(0, col), value(1, col), value(2, col), value(3, col)]);
                     for (i, ri) in r.iter().enumerate() {
                         half[i * TILE + col] = *ri;
                     }
