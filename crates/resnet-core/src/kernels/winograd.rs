@@ -830,6 +830,9 @@ pub(crate) mod tests {
         // The last two have enough tiles to go in blocks (MIN_TILES_IN_BLOCKS): 11 images of
         // 6 x 6 tiles, the edge tiles cut off, blocks spanning images; 2 of 14 x 14.
         let cases = [
+            // Images smaller than a tile's 6x6 input, whole 16-channel groups.
+            (2, 1, 1, 16, 16),
+            (1, 2, 5, 32, 16),
             (1, 7, 7, 16, 16),
             (2, 9, 13, 20, 24),
             (1, 8, 8, 64, 40),

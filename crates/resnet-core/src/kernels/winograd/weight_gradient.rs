@@ -264,7 +264,14 @@ mod tests {
     fn equals_the_direct_weight_gradient() {
         // The last has enough tiles for blocks (`super::in_blocks`): 13 images of 5 x 6 tiles, cut
         // at the edges, blocks spanning images.
-        let cases = [(2, 7, 9, 20, 24), (1, 4, 4, 16, 16), (2, 14, 14, 64, 48), (3, 5, 3, 3, 5), (13, 18, 23, 24, 20)];
+        let cases = [
+            (2, 7, 9, 20, 24),
+            (1, 4, 4, 16, 16),
+            (2, 2, 5, 16, 32),
+            (2, 14, 14, 64, 48),
+            (3, 5, 3, 3, 5),
+            (13, 18, 23, 24, 20),
+        ];
         for (n, h, w, cin, cout) in cases {
             assert_eq!(in_blocks(cin, cout, super::super::tiles(n, h, w)), n == 13);
             let mut rng = SplitMix64::new(7);
