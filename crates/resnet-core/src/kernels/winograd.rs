@@ -537,9 +537,9 @@ vectorised_fn! {
     /// (`[cols][ξ][cin]`), 16 channels at a time; positions outside the image are zero.
     fn input_transform_row(x: &[f32], cin: usize, grid: &TileGrid, ty: usize, v_row: &mut [f32]) {
         // The tile's input rows inside the image: ty·TILE − 1 + py for py in `rows`.
-        let rows = inside_span(ty, grid.h);
+        let rows = inside_span::<TILE, 6>(ty, grid.h);
         for tx in 0..grid.cols {
-            let cols = inside_span(tx, grid.w);
+            let cols = inside_span::<TILE, 6>(tx, grid.w);
             for c0 in (0..cin).step_by(LANES) {
                 let lanes = LANES.min(cin - c0);
                 if lanes == LANES {
@@ -579,31 +579,33 @@ vectorised_fn! {
     }
 }
 
-/// The `py` (or `px`) of a tile's 6 input rows (or columns) that lie inside an image of
-/// `len` rows (or columns): tile `t` reads `t·TILE − 1 + p` for `p` in `0..6`.
-fn inside_span(t: usize, len: usize) -> std::ops::Range<usize> {
+/// The `p` of a tile's `SPAN` input rows (or columns) that lie inside an image of `len`
+/// rows (or columns), for tiles of `TILE` outputs a side and padding 1: tile `t` reads
+/// `t·TILE − 1 + p` for `p` in `0..SPAN`. Shared with bf16's F(2x2) (`super::winograd_bf16`).
+pub(super) fn inside_span<const TILE: usize, const SPAN: usize>(t: usize, len: usize) -> std::ops::Range<usize> {
     let first = usize::from(t == 0);
-    let last = (len + 1).saturating_sub(t * TILE).min(6);
+    let last = (len + 1).saturating_sub(t * TILE).min(SPAN);
     first..last.max(first)
 }
 
-/// Where one tile's 6x6 input and 16 channels are in an NHWC image `x`.
-struct TileWindow<'a> {
-    x: &'a [f32],
+/// Where one tile's input window (`SPAN × SPAN` pixels, from pixel `(t_y·TILE − 1,
+/// t_x·TILE − 1)`) and 16 channels are in an NHWC image `x`.
+pub(super) struct TileWindow<'a> {
+    pub(super) x: &'a [f32],
     /// Index (in pixels, `y · w + x`) of the window's top-left pixel, which may lie outside.
-    origin: isize,
+    pub(super) origin: isize,
     /// (row, pixel) strides in values.
-    strides: (usize, usize),
-    c0: usize,
+    pub(super) strides: (usize, usize),
+    pub(super) c0: usize,
     /// The window's rows and columns inside the image ([`inside_span`]).
-    rows: std::ops::Range<usize>,
-    cols: std::ops::Range<usize>,
+    pub(super) rows: std::ops::Range<usize>,
+    pub(super) cols: std::ops::Range<usize>,
 }
 
 impl TileWindow<'_> {
     /// The 16 channels at window position `(py, px)`, zeros outside the image.
     #[inline(always)]
-    fn at(&self, py: usize, px: usize) -> &Lanes {
+    pub(super) fn at(&self, py: usize, px: usize) -> &Lanes {
         const ZERO: Lanes = [0.0; LANES];
         if !(self.rows.contains(&py) && self.cols.contains(&px)) {
             return &ZERO;

@@ -27,7 +27,7 @@ use super::conv::Conv2dGeometry;
 use super::packed_gemm_bf16::{
     best_bf16_path, packed_matmul_bf16_pairs_serial, recycle_pairs, take_pairs, Bf16Path, PackedMatrixBf16,
 };
-use super::winograd::{output_transform_row_of, Lanes, OutputRows, TileGrid, LANES};
+use super::winograd::{inside_span, output_transform_row_of, Lanes, OutputRows, TileGrid, TileWindow, LANES};
 use super::{copy_lanes, vectorised_fn};
 use crate::tensor::Tensor;
 
@@ -231,22 +231,39 @@ vectorised_fn! {
     /// time; positions outside the image are zero.
     fn input_transform_row(x: &[f32], cin: usize, grid: &TileGrid, ty: usize, tile_stride: usize, v_row: &mut [u32]) {
         let pairs = cin / 2;
+        // The rows of this row of tiles' windows inside the image.
+        let rows = inside_span::<TILE, SPAN>(ty, grid.h);
+        let mut partial = [[0.0f32; LANES]; POINTS];
         for tx in 0..grid.cols {
+            let cols = inside_span::<TILE, SPAN>(tx, grid.w);
+            // The window's top-left pixel (maybe outside the image).
+            let origin = ((ty * TILE) as isize - 1) * grid.w as isize + (tx * TILE) as isize - 1;
             for c0 in (0..cin).step_by(LANES) {
                 let lanes = LANES.min(cin - c0);
-                let mut d = [[0.0f32; LANES]; POINTS];
-                for py in 0..SPAN {
-                    let Some(y) = (ty * TILE + py).checked_sub(1).filter(|&y| y < grid.h) else { continue };
-                    for px in 0..SPAN {
-                        let Some(xx) = (tx * TILE + px).checked_sub(1).filter(|&xx| xx < grid.w) else { continue };
-                        let at = (y * grid.w + xx) * cin + c0;
-                        copy_lanes::<f32, LANES>(&mut d[py * SPAN + px], &x[at..], lanes);
+                // Whole 16-channel groups are read in place (zeros past the edges); a last,
+                // partial group is copied into `partial`, zero-padded.
+                let window =
+                    TileWindow { x, origin, strides: (grid.w * cin, cin), c0, rows: rows.clone(), cols: cols.clone() };
+                if lanes < LANES {
+                    partial = [[0.0f32; LANES]; POINTS];
+                    for py in window.rows.clone() {
+                        for px in window.cols.clone() {
+                            let at = (((ty * TILE + py - 1) * grid.w) + tx * TILE + px - 1) * cin + c0;
+                            copy_lanes::<f32, LANES>(&mut partial[py * SPAN + px], &x[at..], lanes);
+                        }
                     }
                 }
+                let d = |py: usize, px: usize| -> &Lanes {
+                    if lanes == LANES {
+                        window.at(py, px)
+                    } else {
+                        &partial[py * SPAN + px]
+                    }
+                };
                 // Bᵀ d down the columns, then (Bᵀ d) B along the rows.
                 let mut t = [[0.0f32; LANES]; POINTS];
                 for col in 0..SPAN {
-                    let r = bt4([&d[col], &d[SPAN + col], &d[2 * SPAN + col], &d[3 * SPAN + col]]);
+                    let r = bt4([d(0, col), d(1, col), d(2, col), d(3, col)]);
                     for (i, ri) in r.iter().enumerate() {
                         t[i * SPAN + col] = *ri;
                     }
