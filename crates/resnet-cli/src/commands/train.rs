@@ -112,10 +112,10 @@ pub struct Recipe {
     #[arg(long)]
     pub no_shuffle: bool,
     /// Compute every convolution directly (as a GEMM over its patches) instead of the 3x3
-    /// stride-1 ones with at least 32 channels by Winograd F(4x4,3x3). Winograd is 1.2-2.2x
-    /// faster on those layers' forward and input gradient (the CIFAR nets' 32 and 64 channel
-    /// layers included), with rounding errors ~3e-6 of a layer's largest output instead of
-    /// ~1e-7; 16-channel layers are direct either way.
+    /// stride-1 ones with at least 16 channels by Winograd F(4x4,3x3). Winograd is 1.1-2.2x
+    /// faster on those layers' forward and input gradient (all of the CIFAR nets' 3x3
+    /// stride-1 layers included), with rounding errors ~3e-6 of a layer's largest output
+    /// instead of ~1e-7.
     #[arg(long)]
     pub no_winograd: bool,
     /// Seed of the initial weights, the data order and the augmentation.

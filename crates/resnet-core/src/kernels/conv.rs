@@ -79,7 +79,7 @@ pub(crate) fn with_patch_buffer<R>(f: impl FnOnce(&mut Vec<f32>) -> R) -> R {
 
 /// Convolves `input` (`[N, H, W, C_in]`) with OHWI `weight`, then applies `epilogue`: by
 /// Winograd F(4x4, 3x3) where that is faster ([`winograd::pays_off`]: 3x3 stride-1 layers of
-/// at least 32 channels, 1.2-2.2x faster, rounding errors ~3e-6 of the largest output), else
+/// at least 16 channels, 1.1-2.2x faster, rounding errors ~3e-6 of the largest output), else
 /// as [`conv2d_nhwc_direct`].
 /// Panics when the tensors disagree with `geom` (a caller bug: layers check shapes first).
 pub fn conv2d_nhwc(input: &Tensor, weight: &[f32], geom: &Conv2dGeometry, epilogue: &Epilogue<'_>) -> Tensor {

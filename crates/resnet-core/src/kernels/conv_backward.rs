@@ -99,7 +99,7 @@ fn backward_input_as_convolution(grad_out: &Tensor, weight: &[f32], geom: &Conv2
 /// (`[N, H, W, C_in]`) and `grad_out` (`[N, OH, OW, C_out]`).
 /// Panics when the shapes disagree with `geom` (a caller bug).
 /// Layers where its Winograd form pays off ([`winograd::weight_gradient_pays_off`]: 3x3
-/// stride 1 with at least 128 channels and 128 tiles, or from 32 channels where it goes in
+/// stride 1 with at least 128 channels and 128 tiles, or from 16 channels where it goes in
 /// blocks of tiles) use [`winograd::weight_gradient`].
 pub fn conv2d_nhwc_backward_weight(input: &Tensor, grad_out: &Tensor, geom: &Conv2dGeometry) -> Vec<f32> {
     let same_size = input.shape.len() == 4 && grad_out.shape.len() == 4 && input.shape[..3] == grad_out.shape[..3];

@@ -93,9 +93,11 @@ pub fn set_enabled_for_training(enabled: bool) {
 /// direct convolution), since the forward runs in blocks that stay in cache
 /// ([`WinogradConv::forward`]): 64 channels at 56x56 batch 16 18.1 -> 9.9 ms; the CIFAR
 /// nets' layers at batch 128: 64 channels at 8x8 2.90 -> 1.32 ms, 32 at 16x16 3.00 -> 1.77,
-/// 16 at 32x32 3.63 -> 2.99. (Inference, whose filters are transformed once, uses
-/// [`WINOGRAD_MIN_CHANNELS`].)
-pub const TRAINING_MIN_CHANNELS: usize = 32;
+/// 16 at 32x32 3.58-4.01 -> 2.83-3.32 (input gradient 3.53-3.58 -> 3.01-3.35, weight
+/// gradient 3.53-3.64 -> 3.22-3.56), once the transforms read in place; before that, 16
+/// channels were a tie and stayed direct. CIFAR ResNet-20's step: 170.6 -> 163.2 ms.
+/// (Inference, whose filters are transformed once, uses [`WINOGRAD_MIN_CHANNELS`].)
+pub const TRAINING_MIN_CHANNELS: usize = 16;
 
 /// Whether an uncompiled f32 convolution `g` over `n` images of `h × w` runs faster by
 /// Winograd, filter transform included: it fits, has at least [`TRAINING_MIN_CHANNELS`]
