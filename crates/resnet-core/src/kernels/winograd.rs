@@ -498,6 +498,9 @@ pub(super) struct OutputRows<'a> {
 
 pub(super) type Lanes = [f32; LANES];
 
+/// The values of a position outside the image.
+pub(super) const ZERO_LANES: Lanes = [0.0; LANES];
+
 /// `src[..lanes]` into the first lanes of `dst` (see [`super::copy_lanes`]).
 #[inline(always)]
 fn copy_lanes(dst: &mut [f32], src: &[f32], lanes: usize) {
@@ -608,9 +611,8 @@ impl TileWindow<'_> {
     /// The 16 channels at window position `(py, px)`, zeros outside the image.
     #[inline(always)]
     pub(super) fn at(&self, py: usize, px: usize) -> &Lanes {
-        const ZERO: Lanes = [0.0; LANES];
         if !(self.rows.contains(&py) && self.cols.contains(&px)) {
-            return &ZERO;
+            return &ZERO_LANES;
         }
         let (row_stride, pixel_stride) = self.strides;
         // Inside the image, so the index is not negative.
@@ -649,8 +651,8 @@ fn transform_tile(window: &TileWindow<'_>, v_tile: &mut [f32], cin: usize, c0: u
 /// slicing does).
 #[inline(always)]
 pub(super) fn lanes_at(x: &[f32], at: usize) -> &Lanes {
-    const ZERO: Lanes = [0.0; LANES];
-    <&Lanes>::try_from(&x[at..at + LANES]).unwrap_or(&ZERO)
+    // The slice is LANES long, so the conversion cannot fail.
+    <&Lanes>::try_from(&x[at..at + LANES]).unwrap_or(&ZERO_LANES)
 }
 
 vectorised_fn! {

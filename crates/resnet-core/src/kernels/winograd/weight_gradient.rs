@@ -24,7 +24,7 @@ use super::super::packed_gemm::{packed_matmul_serial, Lhs, PackedEpilogue, Packe
 use super::super::vectorised_fn;
 use super::{
     copy_lanes, in_blocks, input_transform_row, lanes_at, rows_per_block, tile_stride, transform_tiles, Lanes,
-    TileGrid, BLOCK_SCRATCH, G, LANES, POINTS, TILE,
+    TileGrid, BLOCK_SCRATCH, G, LANES, POINTS, TILE, ZERO_LANES,
 };
 use crate::tensor::Tensor;
 
@@ -181,13 +181,12 @@ vectorised_fn! {
                     }
                 }
                 let value = |r: usize, c: usize| -> &Lanes {
-                    const ZERO: Lanes = [0.0; LANES];
                     if lanes < LANES {
                         &partial[r * TILE + c]
                     } else if r < valid_rows && c < valid_cols {
                         lanes_at(dy, ((ty * TILE + r) * grid.w + tx * TILE + c) * cout + c0)
                     } else {
-                        &ZERO
+                        &ZERO_LANES
                     }
                 };
                 // A ∂Y down the columns (4 -> 6 rows), then (A ∂Y) Aᵀ along the rows.
