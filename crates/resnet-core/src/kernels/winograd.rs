@@ -545,40 +545,24 @@ vectorised_fn! {
         let rows = inside_span::<TILE, 6>(ty, grid.h);
         for tx in 0..grid.cols {
             let cols = inside_span::<TILE, 6>(tx, grid.w);
+            // The image's pixel (ty·TILE − 1, tx·TILE − 1), maybe outside it.
+            let origin = ((ty * TILE) as isize - 1) * grid.w as isize + (tx * TILE) as isize - 1;
+            let v_tile = &mut v_row[tx * tile_stride(cin)..];
             for c0 in (0..cin).step_by(LANES) {
                 let lanes = LANES.min(cin - c0);
+                let window = TileWindow { x, origin, strides: (grid.w * cin, cin), c0, rows: rows.clone(), cols: cols.clone() };
                 if lanes == LANES {
-                    // The image's pixel (ty·TILE − 1, tx·TILE − 1), maybe outside it.
-                    let origin = ((ty * TILE) as isize - 1) * grid.w as isize + (tx * TILE) as isize - 1;
-                    let window = TileWindow { x, origin, strides: (grid.w * cin, cin), c0, rows: rows.clone(), cols: cols.clone() };
-                    transform_tile(&window, &mut v_row[tx * tile_stride(cin)..], cin, c0);
+                    transform_tile(|py, px| window.at(py, px), v_tile, (cin, c0, LANES));
                     continue;
                 }
+                // A last group of fewer than 16 channels: copied, zero-padded, into `d`.
                 let mut d = [[0.0f32; LANES]; POINTS];
-                for py in 0..6 {
-                    let Some(y) = (ty * TILE + py).checked_sub(1).filter(|&y| y < grid.h) else { continue };
-                    for px in 0..6 {
-                        let Some(xx) = (tx * TILE + px).checked_sub(1).filter(|&xx| xx < grid.w) else { continue };
-                        let at = (y * grid.w + xx) * cin + c0;
-                        copy_lanes(&mut d[py * 6 + px], &x[at..], lanes);
+                for py in window.rows.clone() {
+                    for px in window.cols.clone() {
+                        copy_lanes(&mut d[py * 6 + px], window.from(py, px), lanes);
                     }
                 }
-                // Bᵀ d down the columns, then (Bᵀ d) B along the rows.
-                let mut t = [[0.0f32; LANES]; POINTS];
-                for col in 0..6 {
-                    let r = bt6([&d[col], &d[6 + col], &d[12 + col], &d[18 + col], &d[24 + col], &d[30 + col]]);
-                    for (i, ri) in r.iter().enumerate() {
-                        t[i * 6 + col] = *ri;
-                    }
-                }
-                for i in 0..6 {
-                    let row = &t[i * 6..i * 6 + 6];
-                    let r = bt6([&row[0], &row[1], &row[2], &row[3], &row[4], &row[5]]);
-                    for (j, rj) in r.iter().enumerate() {
-                        let at = tx * tile_stride(cin) + (i * 6 + j) * cin + c0;
-                        copy_lanes(&mut v_row[at..], rj, lanes);
-                    }
-                }
+                transform_tile(|py, px| &d[py * 6 + px], v_tile, (cin, c0, lanes));
             }
         }
     }
@@ -620,19 +604,30 @@ impl TileWindow<'_> {
         let first = (self.origin * pixel_stride as isize + offset) as usize;
         lanes_at(self.x, first)
     }
+
+    /// The image's values from window position `(py, px)` (inside the image) on.
+    #[inline(always)]
+    fn from(&self, py: usize, px: usize) -> &[f32] {
+        let (row_stride, pixel_stride) = self.strides;
+        let offset = (py * row_stride + px * pixel_stride + self.c0) as isize;
+        &self.x[(self.origin * pixel_stride as isize + offset) as usize..]
+    }
 }
 
-/// The input transform `Bᵀ d B` of one tile, 16 channels (`c0..c0 + 16`), into the tile's
-/// `V` (`v_tile`, `[ξ][cin]`): `Bᵀ d` down the columns, read in place from the image
-/// (zeros past its edges), then `(Bᵀ d) B` along the rows, stored straight into `V`.
-/// Copying the 36 input values into an array first, as the partial-register path does,
-/// cost as much as the arithmetic.
+/// The input transform `Bᵀ d B` of one tile, 16 channels (`c0..c0 + 16`, of which the
+/// first `lanes` are stored), into the tile's `V` (`v_tile`, `[ξ][cin]`): `Bᵀ d` down the
+/// columns of `d(py, px)`, then `(Bᵀ d) B` along the rows, stored straight into `V`. The
+/// whole 16-channel groups read `d` in place from the image ([`TileWindow::at`]): copying
+/// the 36 input values into an array first had cost as much as the arithmetic.
 #[inline(always)]
-fn transform_tile(window: &TileWindow<'_>, v_tile: &mut [f32], cin: usize, c0: usize) {
+fn transform_tile<'a>(
+    d: impl Fn(usize, usize) -> &'a Lanes,
+    v_tile: &mut [f32],
+    (cin, c0, lanes): (usize, usize, usize),
+) {
     let mut t = [[0.0f32; LANES]; POINTS];
     for px in 0..6 {
-        let column = std::array::from_fn(|py| window.at(py, px));
-        let r = bt6(column);
+        let r = bt6(std::array::from_fn(|py| d(py, px)));
         for (i, ri) in r.iter().enumerate() {
             t[i * 6 + px] = *ri;
         }
@@ -641,8 +636,7 @@ fn transform_tile(window: &TileWindow<'_>, v_tile: &mut [f32], cin: usize, c0: u
         let row = &t[i * 6..i * 6 + 6];
         let r = bt6([&row[0], &row[1], &row[2], &row[3], &row[4], &row[5]]);
         for (j, rj) in r.iter().enumerate() {
-            let at = (i * 6 + j) * cin + c0;
-            v_tile[at..at + LANES].copy_from_slice(rj);
+            copy_lanes(&mut v_tile[(i * 6 + j) * cin + c0..], rj, lanes);
         }
     }
 }
