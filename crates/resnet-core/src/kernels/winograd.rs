@@ -607,7 +607,7 @@ impl TileWindow<'_> {
 
     /// The image's values from window position `(py, px)` (inside the image) on.
     #[inline(always)]
-    fn from(&self, py: usize, px: usize) -> &[f32] {
+    pub(super) fn from(&self, py: usize, px: usize) -> &[f32] {
         let (row_stride, pixel_stride) = self.strides;
         let offset = (py * row_stride + px * pixel_stride + self.c0) as isize;
         &self.x[(self.origin * pixel_stride as isize + offset) as usize..]

@@ -248,8 +248,7 @@ vectorised_fn! {
                     partial = [[0.0f32; LANES]; POINTS];
                     for py in window.rows.clone() {
                         for px in window.cols.clone() {
-                            let at = (((ty * TILE + py - 1) * grid.w) + tx * TILE + px - 1) * cin + c0;
-                            copy_lanes::<f32, LANES>(&mut partial[py * SPAN + px], &x[at..], lanes);
+                            copy_lanes::<f32, LANES>(&mut partial[py * SPAN + px], window.from(py, px), lanes);
                         }
                     }
                 }
